@@ -1,0 +1,1 @@
+//! Typed IPC: interfaces, postcard encoding, in-process and cross-process transports

@@ -1,0 +1,1 @@
+//! Drives a replay: lands each event at its exact timepoint, checks digests, reports divergence

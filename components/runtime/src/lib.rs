@@ -1,0 +1,1 @@
+//! Starts the domains of system.toml as sandboxed processes (or threads) and supervises them

@@ -1,0 +1,1 @@
+//! The system description (system.toml): model and validator

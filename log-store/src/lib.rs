@@ -1,0 +1,1 @@
+//! Append-only, framed, checksummed, hash-chained, compressed, crash-safe event log

@@ -1,0 +1,1 @@
+//! Per-vCPU branch counters: programming, overflow with skid margin, timepoints and landing

@@ -1,0 +1,3 @@
+//! The motion command line
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Hardware virtualization through Linux KVM behind the Vcpu trait

@@ -1,0 +1,1 @@
+//! Machine model, devices, exit dispatch and record/replay interposition: the trusted record path
