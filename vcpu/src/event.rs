@@ -13,9 +13,15 @@ pub struct Exception {
 
 impl Exception {
     /// #UD.
-    pub const UD: Exception = Exception { vector: 6, error_code: None };
+    pub const UD: Exception = Exception {
+        vector: 6,
+        error_code: None,
+    };
     /// #GP(0).
-    pub const GP0: Exception = Exception { vector: 13, error_code: Some(0) };
+    pub const GP0: Exception = Exception {
+        vector: 13,
+        error_code: Some(0),
+    };
 
     /// Whether the architecture pushes an error code for this vector.
     pub fn vector_has_error_code(vector: u8) -> bool {

@@ -76,7 +76,16 @@ impl ExitReason {
         use ExitReason::*;
         matches!(
             self,
-            Cpuid | Hlt | Rdtsc | IoInstruction | Rdmsr | Wrmsr | EptViolation | Rdtscp | Rdrand | Rdseed
+            Cpuid
+                | Hlt
+                | Rdtsc
+                | IoInstruction
+                | Rdmsr
+                | Wrmsr
+                | EptViolation
+                | Rdtscp
+                | Rdrand
+                | Rdseed
         )
     }
 }
@@ -131,7 +140,11 @@ impl IoQualification {
         };
         Some(IoQualification {
             size,
-            direction: if q & (1 << 3) != 0 { IoDirection::In } else { IoDirection::Out },
+            direction: if q & (1 << 3) != 0 {
+                IoDirection::In
+            } else {
+                IoDirection::Out
+            },
             string: q & (1 << 4) != 0,
             rep: q & (1 << 5) != 0,
             immediate: q & (1 << 6) != 0,
