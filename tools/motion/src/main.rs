@@ -1,3 +1,39 @@
-//! The motion command line
+//! `motion`: the CAS Motion command line.
+//!
+//! Each subcommand group lives in its own module under `cmd/`; `main` only
+//! parses and dispatches. Commands exit non-zero with a message naming what
+//! was wrong; `--json` output ends with one JSON object on its last line.
 
-fn main() {}
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// CAS Motion: record a virtual machine's execution and replay it instruction-exactly.
+#[derive(Parser)]
+#[command(name = "motion", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the version and the backends this build contains.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => cmd::version::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("motion: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
