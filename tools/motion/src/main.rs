@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the version and the backends this build contains.
+    /// Print the version.
     Version,
 }
 
