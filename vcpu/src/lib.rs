@@ -30,6 +30,7 @@ pub mod event;
 pub mod exit;
 pub mod pmu;
 pub mod regs;
+pub mod timepoint;
 
 use std::sync::Arc;
 
@@ -40,6 +41,7 @@ pub use exit::{
 };
 pub use pmu::{PmuBank, PmuError};
 pub use regs::{DescriptorTable, FpuState, Regs, Segment, SpecialRegs};
+pub use timepoint::Timepoint;
 
 /// Counts of retired guest work, exact on backends that can count exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
