@@ -1,21 +1,22 @@
-//! Single CPU instructions.
+//! Single CPU instructions. CLI/STI/HLT are compiler barriers (no `nomem`):
+//! interrupt handlers change memory across them.
 
 /// Disable interrupts.
 pub fn cli() {
     // SAFETY: only changes RFLAGS.IF.
-    unsafe { core::arch::asm!("cli", options(nomem, nostack)) }
+    unsafe { core::arch::asm!("cli", options(nostack)) }
 }
 
 /// Enable interrupts.
 pub fn sti() {
     // SAFETY: only changes RFLAGS.IF; handlers are installed before any IRQ is unmasked.
-    unsafe { core::arch::asm!("sti", options(nomem, nostack)) }
+    unsafe { core::arch::asm!("sti", options(nostack)) }
 }
 
 /// Halt until the next interrupt.
 pub fn hlt() {
     // SAFETY: waits for an interrupt; no memory effect.
-    unsafe { core::arch::asm!("hlt", options(nomem, nostack)) }
+    unsafe { core::arch::asm!("hlt", options(nostack)) }
 }
 
 /// Enable interrupts and halt, atomically (STI's interrupt shadow covers HLT,
@@ -23,7 +24,7 @@ pub fn hlt() {
 /// taken just before it).
 pub fn sti_hlt() {
     // SAFETY: as sti and hlt.
-    unsafe { core::arch::asm!("sti", "hlt", options(nomem, nostack)) }
+    unsafe { core::arch::asm!("sti", "hlt", options(nostack)) }
 }
 
 /// Whether RFLAGS.IF is set.
