@@ -31,7 +31,9 @@ pub fn sti_hlt() {
 pub fn interrupts_enabled() -> bool {
     let flags: u64;
     // SAFETY: reads RFLAGS through the stack.
-    unsafe { core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags))
+    };
     flags & 0x200 != 0
 }
 

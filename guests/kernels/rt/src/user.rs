@@ -27,7 +27,13 @@ pub type Trampoline = extern "C" fn(u64, u64) -> !;
 /// # Safety
 /// `kstack_top` must be the 16-aligned end of a writable kernel stack at
 /// least one [`Frame`] deep that nothing else uses.
-pub unsafe fn prepare_frame(kstack_top: u64, entry: Trampoline, a0: u64, a1: u64, ustack_top: u64) -> *mut Frame {
+pub unsafe fn prepare_frame(
+    kstack_top: u64,
+    entry: Trampoline,
+    a0: u64,
+    a1: u64,
+    ustack_top: u64,
+) -> *mut Frame {
     let frame = (kstack_top - core::mem::size_of::<Frame>() as u64) as *mut Frame;
     let f = Frame {
         xmm: [[0; 2]; 16],

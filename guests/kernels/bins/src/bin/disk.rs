@@ -69,7 +69,11 @@ static IO_BASE: AtomicU64 = AtomicU64::new(0);
 static IRQ: AtomicU64 = AtomicU64::new(0);
 
 fn pci_read(bus: u8, dev: u8, func: u8, off: u8) -> u32 {
-    let addr = 0x8000_0000 | (bus as u32) << 16 | (dev as u32) << 11 | (func as u32) << 8 | (off as u32 & 0xfc);
+    let addr = 0x8000_0000
+        | (bus as u32) << 16
+        | (dev as u32) << 11
+        | (func as u32) << 8
+        | (off as u32 & 0xfc);
     // SAFETY: PCI configuration mechanism #1.
     unsafe {
         outl(0xcf8, addr);
@@ -78,7 +82,11 @@ fn pci_read(bus: u8, dev: u8, func: u8, off: u8) -> u32 {
 }
 
 fn pci_write(bus: u8, dev: u8, func: u8, off: u8, v: u32) {
-    let addr = 0x8000_0000 | (bus as u32) << 16 | (dev as u32) << 11 | (func as u32) << 8 | (off as u32 & 0xfc);
+    let addr = 0x8000_0000
+        | (bus as u32) << 16
+        | (dev as u32) << 11
+        | (func as u32) << 8
+        | (off as u32 & 0xfc);
     // SAFETY: PCI configuration mechanism #1.
     unsafe {
         outl(0xcf8, addr);
@@ -136,7 +144,13 @@ impl Queue {
         let used_off = (avail_off + 6 + 2 * size + 4095) & !4095;
         // SAFETY: offsets stay inside QUEUE for size <= MAX_QUEUE (checked by the caller).
         unsafe {
-            Queue { size, desc: base, avail: base.add(avail_off), used: base.add(used_off), last_used: 0 }
+            Queue {
+                size,
+                desc: base,
+                avail: base.add(avail_off),
+                used: base.add(used_off),
+                last_used: 0,
+            }
         }
     }
 
@@ -220,7 +234,10 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     // SAFETY: as above; the ring memory is zeroed static memory.
     unsafe {
         outl(base + QUEUE_PFN, (QUEUE.get() as u64 >> 12) as u32);
-        outb(base + DEVICE_STATUS, STATUS_ACK | STATUS_DRIVER | STATUS_DRIVER_OK);
+        outb(
+            base + DEVICE_STATUS,
+            STATUS_ACK | STATUS_DRIVER | STATUS_DRIVER_OK,
+        );
     }
     pic::unmask(irq as u8);
     // Only machine-independent facts go to the output (QEMU and the CAS
@@ -243,7 +260,13 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
             hdr.write_volatile(h);
             (*bufs).status[0] = 0xff;
             q.set_desc(0, hdr as u64, 16, DESC_F_NEXT, 1);
-            q.set_desc(1, (&raw mut (*bufs).data) as u64, (n * 512) as u32, DESC_F_NEXT | DESC_F_WRITE, 2);
+            q.set_desc(
+                1,
+                (&raw mut (*bufs).data) as u64,
+                (n * 512) as u32,
+                DESC_F_NEXT | DESC_F_WRITE,
+                2,
+            );
             q.set_desc(2, (&raw mut (*bufs).status) as u64, 1, DESC_F_WRITE, 0);
         }
         q.publish();
@@ -260,7 +283,12 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         cpu::sti();
         q.last_used = q.last_used.wrapping_add(1);
         // SAFETY: the request completed; the device is done with the buffers.
-        let (status, data) = unsafe { ((&raw const (*bufs).status).read_volatile()[0], &(*bufs).data) };
+        let (status, data) = unsafe {
+            (
+                (&raw const (*bufs).status).read_volatile()[0],
+                &(*bufs).data,
+            )
+        };
         if status != 0 {
             println!("disk: request for sector {sector} failed with status {status}");
             return EXIT_DEVICE_ERROR;
@@ -272,8 +300,17 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         fnv(&mut h, data);
         sector += n;
     }
-    let shown: [u8; 16] = first.map(|b| if b.is_ascii_graphic() || b == b' ' { b } else { b'.' });
-    println!("disk: sector 0 begins {:?}", core::str::from_utf8(&shown).unwrap_or("?"));
+    let shown: [u8; 16] = first.map(|b| {
+        if b.is_ascii_graphic() || b == b' ' {
+            b
+        } else {
+            b'.'
+        }
+    });
+    println!(
+        "disk: sector 0 begins {:?}",
+        core::str::from_utf8(&shown).unwrap_or("?")
+    );
     println!("disk: read {total} sectors, checksum {h:#018x}");
     let irqs = INTERRUPTS.load(Ordering::Relaxed);
     let requests = total.div_ceil(SECTORS_PER_REQUEST);

@@ -13,7 +13,9 @@ fn rdrand() -> Option<u64> {
     for _ in 0..10 {
         let (v, ok): (u64, u8);
         // SAFETY: RDRAND only writes the named registers and flags.
-        unsafe { core::arch::asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack))
+        };
         if ok != 0 {
             return Some(v);
         }
@@ -25,7 +27,9 @@ fn rdseed() -> Option<u64> {
     for _ in 0..10 {
         let (v, ok): (u64, u8);
         // SAFETY: RDSEED only writes the named registers and flags.
-        unsafe { core::arch::asm!("rdseed {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("rdseed {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack))
+        };
         if ok != 0 {
             return Some(v);
         }
@@ -53,7 +57,10 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     vendor[0..4].copy_from_slice(&b.to_le_bytes());
     vendor[4..8].copy_from_slice(&d.to_le_bytes());
     vendor[8..12].copy_from_slice(&c.to_le_bytes());
-    println!("cpuid: vendor {:?} max leaf {max:#x}", core::str::from_utf8(&vendor).unwrap_or("?"));
+    println!(
+        "cpuid: vendor {:?} max leaf {max:#x}",
+        core::str::from_utf8(&vendor).unwrap_or("?")
+    );
     let [eax1, _, ecx1, edx1] = cpu::cpuid(1, 0);
     println!("cpuid 1: eax {eax1:#010x} ecx {ecx1:#010x} edx {edx1:#010x}");
     let has_rdrand = ecx1 & (1 << 30) != 0;
@@ -65,7 +72,10 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         name[0..4].copy_from_slice(&hb.to_le_bytes());
         name[4..8].copy_from_slice(&hc.to_le_bytes());
         name[8..12].copy_from_slice(&hd.to_le_bytes());
-        println!("hypervisor: {:?}", core::str::from_utf8(&name).unwrap_or("?"));
+        println!(
+            "hypervisor: {:?}",
+            core::str::from_utf8(&name).unwrap_or("?")
+        );
     }
 
     let t0 = cpu::rdtsc();

@@ -23,7 +23,12 @@ struct Ring {
     dropped: u64,
 }
 
-static RX: Global<Ring> = Global::new(Ring { buf: [0; RING], head: 0, tail: 0, dropped: 0 });
+static RX: Global<Ring> = Global::new(Ring {
+    buf: [0; RING],
+    head: 0,
+    tail: 0,
+    dropped: 0,
+});
 
 fn on_rx(frame: *mut Frame) -> *mut Frame {
     // SAFETY: the handler runs with IF = 0; the main loop reads RX only with IF = 0.

@@ -182,7 +182,9 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         let s = unsafe { &mut *SCHED.get() };
         for t in 1..=TASKS {
             // SAFETY: each task has its own kernel stack, used by nothing else.
-            let f = unsafe { user::prepare_frame(kstack_top(t), task_entry, t as u64, 0, ustack_top(t)) };
+            let f = unsafe {
+                user::prepare_frame(kstack_top(t), task_entry, t as u64, 0, ustack_top(t))
+            };
             s.frame[t] = f as usize;
             s.alive[t] = true;
         }
