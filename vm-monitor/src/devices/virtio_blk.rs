@@ -446,3 +446,135 @@ impl VirtioBlk {
         self.isr |= 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PFN: u32 = 0x10; // ring at 64 KiB
+
+    fn setup() -> (GuestMemoryMmap, VirtioBlk) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..8 * 512u32).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        let mut dev = VirtioBlk::new(DiskImage::open(f.path(), false).unwrap());
+        dev.write(0x12, 1, 7);
+        dev.write(0x0e, 2, 0);
+        assert_eq!(dev.read(0x0c, 2), QUEUE_SIZE as u32);
+        dev.write(0x08, 4, PFN);
+        (mem, dev)
+    }
+
+    fn desc(mem: &GuestMemoryMmap, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = ((PFN as u64) << 12) + 16 * i;
+        mem.write_obj(addr, GuestAddress(d)).unwrap();
+        mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+        mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+        mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+    }
+
+    fn publish(mem: &GuestMemoryMmap, head: u16, idx: u16) {
+        let avail = ((PFN as u64) << 12) + 16 * QUEUE_SIZE as u64;
+        mem.write_obj(head, GuestAddress(avail + 4 + 2 * (idx as u64 - 1)))
+            .unwrap();
+        mem.write_obj(idx, GuestAddress(avail + 2)).unwrap();
+    }
+
+    fn request(mem: &GuestMemoryMmap, kind: u32, sector: u64, len: u32) {
+        mem.write_obj(kind, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(sector, GuestAddress(0x1008)).unwrap();
+        desc(mem, 0, 0x1000, 16, DESC_NEXT, 1);
+        desc(mem, 1, 0x2000, len, DESC_NEXT | DESC_WRITE, 2);
+        desc(mem, 2, 0x3000, 1, DESC_WRITE, 0);
+    }
+
+    #[test]
+    fn reads_sectors_by_dma_then_interrupts() {
+        let (mem, mut dev) = setup();
+        request(&mem, T_IN, 2, 1024);
+        publish(&mem, 0, 1);
+        assert!(dev.process_one(&mem, true).is_none(), "not notified yet");
+        dev.write(0x10, 2, 0);
+        assert!(dev.process_one(&mem, false).is_none(), "bus master off");
+        let ops = dev.process_one(&mem, true).unwrap();
+        let DmaOp::Write { gpa, data } = &ops[0] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(*gpa, 0x2000);
+        assert_eq!(data.len(), 1024);
+        assert_eq!(data[0], 2);
+        assert_eq!(data[513], 3 ^ 1);
+        assert_eq!(
+            ops[1],
+            DmaOp::Write {
+                gpa: 0x3000,
+                data: vec![S_OK]
+            }
+        );
+        assert_eq!(ops.last(), Some(&DmaOp::Interrupt));
+        assert!(dev.process_one(&mem, true).is_none(), "queue drained");
+        assert!(!dev.line());
+        dev.raise_interrupt();
+        assert!(dev.line());
+        assert_eq!(dev.read(0x13, 1), 1);
+        assert!(!dev.line(), "reading the ISR lowers the line");
+    }
+
+    #[test]
+    fn out_of_range_read_fails_with_ioerr() {
+        let (mem, mut dev) = setup();
+        request(&mem, T_IN, 7, 1024);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        let ops = dev.process_one(&mem, true).unwrap();
+        assert_eq!(
+            ops[0],
+            DmaOp::Write {
+                gpa: 0x3000,
+                data: vec![S_IOERR]
+            }
+        );
+    }
+
+    #[test]
+    fn writes_go_to_the_overlay() {
+        let (mem, mut dev) = setup();
+        mem.write_slice(&[0x5a; 512], GuestAddress(0x2000)).unwrap();
+        request(&mem, T_OUT, 1, 512);
+        desc(&mem, 1, 0x2000, 512, DESC_NEXT, 2);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        dev.process_one(&mem, true).unwrap();
+        request(&mem, T_IN, 1, 512);
+        publish(&mem, 0, 2);
+        dev.write(0x10, 2, 0);
+        let ops = dev.process_one(&mem, true).unwrap();
+        assert!(matches!(&ops[0], DmaOp::Write { data, .. } if data.iter().all(|&b| b == 0x5a)));
+    }
+
+    #[test]
+    fn looping_chain_breaks_the_device_until_reset() {
+        let (mem, mut dev) = setup();
+        desc(&mem, 0, 0x1000, 16, DESC_NEXT, 1);
+        desc(&mem, 1, 0x2000, 16, DESC_NEXT, 0);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        assert!(dev.process_one(&mem, true).is_none());
+        assert!(dev.broken().unwrap().contains("loops"));
+        dev.write(0x12, 1, 0);
+        assert!(dev.broken().is_none());
+    }
+
+    #[test]
+    fn descriptor_outside_memory_breaks_the_device() {
+        let (mem, mut dev) = setup();
+        mem.write_obj(0u32, GuestAddress(0x1000)).unwrap();
+        desc(&mem, 0, 0xffff_0000_0000, 16, DESC_NEXT, 1);
+        desc(&mem, 1, 0x3000, 1, DESC_WRITE, 0);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        assert!(dev.process_one(&mem, true).is_none());
+        assert!(dev.broken().unwrap().contains("reading guest memory"));
+    }
+}
