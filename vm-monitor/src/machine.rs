@@ -61,7 +61,8 @@ pub enum StopReason {
         /// RIP after the HLT.
         rip: u64,
     },
-    /// The guest tried to execute from an address that is not RAM.
+    /// The guest tried to execute from an address that is not RAM. The
+    /// vCPU is left at the faulting fetch, its exit not completed.
     FetchFromNonRam {
         /// Guest-physical address.
         gpa: u64,

@@ -456,7 +456,9 @@ mod tests {
     fn setup() -> (GuestMemoryMmap, VirtioBlk) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let data: Vec<u8> = (0..8 * 512u32).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+        let data: Vec<u8> = (0..8 * 512u32)
+            .map(|i| (i / 512) as u8 ^ (i as u8))
+            .collect();
         std::io::Write::write_all(&mut f, &data).unwrap();
         let mut dev = VirtioBlk::new(DiskImage::open(f.path(), false).unwrap());
         dev.write(0x12, 1, 7);
