@@ -7,7 +7,7 @@
 //! ```ignore
 //! let mut machine = Machine::new(elf_bytes, &MachineConfig::default())?;
 //! let mut vcpu = /* a backend built over machine.memory().clone() */;
-//! machine.reset_vcpu(&mut vcpu)?;
+//! machine.reset_vcpu(&mut vcpu, ExecControls::default())?;
 //! let mut env = LiveEnvironment::new(machine.memory().clone(), LiveConfig {
 //!     serial_out: Box::new(std::io::stdout()), input: None, disk: None });
 //! let outcome = machine.run(&mut vcpu, &mut env, &RunLimits::default())?;

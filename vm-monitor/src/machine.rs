@@ -28,16 +28,35 @@ const MSR_TSC: u32 = 0x10;
 pub enum MachineError {
     /// The kernel image was refused.
     #[error("cannot boot the kernel: {0}")]
-    Load(#[from] LoadError),
+    Load(LoadError),
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(String),
     /// The vCPU backend failed.
     #[error("vCPU: {0}")]
-    Vcpu(#[from] VcpuError),
+    Vcpu(VcpuError),
     /// The environment failed.
     #[error("environment: {0}")]
-    Env(#[from] EnvError),
+    Env(EnvError),
+}
+
+// Manual `From`s: the messages above already include the cause, so the
+// causes are not also reported as `source()` (which would print them twice
+// in an error chain).
+impl From<LoadError> for MachineError {
+    fn from(e: LoadError) -> Self {
+        MachineError::Load(e)
+    }
+}
+impl From<VcpuError> for MachineError {
+    fn from(e: VcpuError) -> Self {
+        MachineError::Vcpu(e)
+    }
+}
+impl From<EnvError> for MachineError {
+    fn from(e: EnvError) -> Self {
+        MachineError::Env(e)
+    }
 }
 
 /// How a run ended. Every guest behaviour ends in one of these, never in a
@@ -249,19 +268,26 @@ impl Machine {
         (regs, sregs)
     }
 
-    /// Put `vcpu` in the PVH entry state with the recording controls.
-    pub fn reset_vcpu(&self, vcpu: &mut dyn Vcpu) -> Result<(), MachineError> {
+    /// Put `vcpu` in the PVH entry state with execution `controls`: the
+    /// recording set ([`ExecControls::default`]) where the backend offers it,
+    /// or the backend's best (KVM cannot trap RDTSC). Port I/O and HLT must
+    /// exit: the devices live here.
+    pub fn reset_vcpu(
+        &self,
+        vcpu: &mut dyn Vcpu,
+        controls: ExecControls,
+    ) -> Result<(), MachineError> {
         let (regs, sregs) = self.boot_state();
         vcpu.set_special_regs(&sregs)?;
         vcpu.set_regs(&regs)?;
         vcpu.set_fpu(&vcpu::FpuState::default())?;
-        vcpu.set_controls(ExecControls::default())?;
+        vcpu.set_controls(controls)?;
         Ok(())
     }
 
     /// Run `vcpu` (already reset) until the guest stops or a limit passes.
     pub fn run(
-        &mut self,
+        &self,
         vcpu: &mut dyn Vcpu,
         env: &mut dyn Environment,
         limits: &RunLimits,
@@ -333,7 +359,7 @@ impl Machine {
     }
 
     fn step(
-        &mut self,
+        &self,
         vcpu: &mut dyn Vcpu,
         env: &mut dyn Environment,
         st: &mut RunState,

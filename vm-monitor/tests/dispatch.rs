@@ -217,7 +217,7 @@ fn live(m: &Machine, out: &Capture) -> LiveEnvironment {
 fn run(
     steps: Vec<Step>,
     env: &mut dyn Environment,
-    m: &mut Machine,
+    m: &Machine,
 ) -> (Scripted, vm_monitor::RunOutcome) {
     let mut v = Scripted::new(steps);
     let limits = RunLimits {
@@ -253,7 +253,7 @@ fn pic_init(mask: u8) -> Vec<Step> {
 
 #[test]
 fn serial_cpuid_and_debug_exit() {
-    let mut m = machine();
+    let m = machine();
     let cap = Capture::default();
     let mut env = live(&m, &cap);
     let steps = vec![
@@ -269,7 +269,7 @@ fn serial_cpuid_and_debug_exit() {
         io(0x3fd, 1, None),
         io(0xf4, 1, Some(3)),
     ];
-    let (v, out) = run(steps, &mut env, &mut m);
+    let (v, out) = run(steps, &mut env, &m);
     assert_eq!(out.stop, StopReason::Exit(3));
     assert_eq!(out.exit_status(), 3);
     assert_eq!(&*cap.0.lock().unwrap(), b"hi");
@@ -283,7 +283,7 @@ fn serial_cpuid_and_debug_exit() {
 
 #[test]
 fn timer_interrupt_wakes_a_halted_guest() {
-    let mut m = machine();
+    let m = machine();
     let cap = Capture::default();
     let mut env = live(&m, &cap);
     let mut steps = pic_init(0xfe);
@@ -292,7 +292,7 @@ fn timer_interrupt_wakes_a_halted_guest() {
     steps.push(with_if(exit(ExitReason::Hlt, ExitInfo::None), true));
     steps.push(outb(0x20, 0x20));
     steps.push(io(0xf4, 1, Some(0)));
-    let (v, out) = run(steps, &mut env, &mut m);
+    let (v, out) = run(steps, &mut env, &m);
     assert_eq!(out.stop, StopReason::Exit(0));
     assert_eq!(v.injected, vec![Event::ExternalInterrupt(0x20)]);
     assert_eq!(out.interrupts, 1);
@@ -300,7 +300,7 @@ fn timer_interrupt_wakes_a_halted_guest() {
 
 #[test]
 fn pending_interrupt_waits_for_an_interrupt_window() {
-    let mut m = machine();
+    let m = machine();
     let cap = Capture::default();
     let mut env = live(&m, &cap);
     let mut steps = pic_init(0xef);
@@ -325,13 +325,13 @@ fn pending_interrupt_waits_for_an_interrupt_window() {
 
 #[test]
 fn halts_that_can_never_end_stop_the_machine() {
-    let mut m = machine();
+    let m = machine();
     let cap = Capture::default();
     let mut env = live(&m, &cap);
     let (_, out) = run(
         vec![with_if(exit(ExitReason::Hlt, ExitInfo::None), false)],
         &mut env,
-        &mut m,
+        &m,
     );
     assert!(matches!(
         out.stop,
@@ -340,7 +340,7 @@ fn halts_that_can_never_end_stop_the_machine() {
     let (_, out) = run(
         vec![with_if(exit(ExitReason::Hlt, ExitInfo::None), true)],
         &mut env,
-        &mut m,
+        &m,
     );
     assert!(
         matches!(out.stop, StopReason::NothingToWake { .. }),
@@ -351,13 +351,13 @@ fn halts_that_can_never_end_stop_the_machine() {
 
 #[test]
 fn faults_and_bad_accesses_have_clear_reasons() {
-    let mut m = machine();
+    let m = machine();
     let cap = Capture::default();
     let mut env = live(&m, &cap);
     let (_, out) = run(
         vec![exit(ExitReason::TripleFault, ExitInfo::None)],
         &mut env,
-        &mut m,
+        &m,
     );
     assert_eq!(out.stop, StopReason::TripleFault { rip: 0x10_0000 });
     assert!(out.stop.to_string().contains("triple fault"));
@@ -388,7 +388,7 @@ fn faults_and_bad_accesses_have_clear_reasons() {
         exit(ExitReason::Rdtsc, ExitInfo::None),
         mmio(None, true),
     ];
-    let (v, out) = run(steps, &mut env, &mut m);
+    let (v, out) = run(steps, &mut env, &m);
     assert!(out.stop.to_string().contains("bad access"), "{}", out.stop);
     assert_eq!(v.completions[0], Completion::MmioRead([0xff; 16]));
     assert_eq!(v.completions[1], Completion::Retire);
@@ -401,7 +401,7 @@ fn faults_and_bad_accesses_have_clear_reasons() {
 
 #[test]
 fn limits_stop_a_guest_that_never_ends() {
-    let mut m = machine();
+    let m = machine();
     let cap = Capture::default();
     let mut env = live(&m, &cap);
     let steps = (0..1000)
@@ -424,7 +424,7 @@ fn limits_stop_a_guest_that_never_ends() {
 
 #[test]
 fn every_input_crosses_the_environment() {
-    let mut m = machine();
+    let m = machine();
     let cap = Capture::default();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
@@ -437,7 +437,7 @@ fn every_input_crosses_the_environment() {
     steps.push(io(0x21, 1, None));
     steps.push(exit(ExitReason::Rdtsc, ExitInfo::None));
     steps.push(io(0xf4, 1, Some(0)));
-    let (_, out) = run(steps, &mut env, &mut m);
+    let (_, out) = run(steps, &mut env, &m);
     assert_eq!(out.stop, StopReason::Exit(0));
     let seen = seen.lock().unwrap();
     assert!(

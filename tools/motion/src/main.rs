@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Boot a guest live: serial on stdout, exit with its isa-debug-exit status.
+    Run(cmd::run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Run(args) => cmd::run::run(args),
     };
     match result {
         Ok(code) => code,

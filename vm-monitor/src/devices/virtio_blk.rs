@@ -45,12 +45,12 @@ pub const DEVICE_ID: &[u8; 20] = b"cas-motion-disk\0\0\0\0\0";
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     /// The image could not be opened or sized.
-    #[error("cannot open disk image {path}: {source}")]
+    #[error("cannot open disk image {path}: {reason}")]
     Open {
         /// The image path.
         path: String,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -67,9 +67,9 @@ impl DiskImage {
     /// Open an image file (read-only; guest writes go to the overlay unless
     /// `read_only`, in which case they fail).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        let err = |source| DiskError::Open {
+        let err = |reason| DiskError::Open {
             path: path.display().to_string(),
-            source,
+            reason,
         };
         let file = File::open(path).map_err(err)?;
         let len = file.metadata().map_err(err)?.len();

@@ -1,3 +1,5 @@
 //! One module per subcommand group.
 
+pub mod backend;
+pub mod run;
 pub mod version;
