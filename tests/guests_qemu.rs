@@ -1,0 +1,242 @@
+//! Boots every guest in real QEMU (`pc` machine, PVH `-kernel`) and checks
+//! its output and exit status. Skipped, with the reason printed, where
+//! qemu-system-x86_64 is not installed (CI installs it: scripts/setup.sh).
+//!
+//! QEMU's isa-debug-exit reports `(value << 1) | 1`: a guest status of 0
+//! is process status 1.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const QEMU: &str = "qemu-system-x86_64";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn qemu_available() -> bool {
+    let ok = Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("skipped: {QEMU} is not installed (scripts/setup.sh installs it)");
+    }
+    ok
+}
+
+/// The guest's part of QEMU's serial output: SeaBIOS prints on the same
+/// port before it jumps to the PVH kernel ("Booting from ROM..").
+pub fn guest_part(serial: &str) -> String {
+    let s = match serial.rfind("Booting from ROM..") {
+        Some(i) => &serial[i + "Booting from ROM..".len()..],
+        None => serial,
+    };
+    s.replace("\r\n", "\n")
+}
+
+/// Boot `guest` in QEMU with `extra` arguments; `input` is written to the
+/// serial port once `ready` appears in the output (if given). Returns the
+/// guest's serial output and QEMU's exit code.
+pub fn boot(guest: &str, extra: &[&str], input: Option<(&str, &[u8])>) -> (String, i32) {
+    let kernel = guest_images::path(guest).expect("bundled guest");
+    let mut child = Command::new(QEMU)
+        .args(["-kernel"])
+        .arg(&kernel)
+        .args([
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-display",
+            "none",
+            "-net",
+            "none",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    let mut pending_input = input;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some((ready, bytes)) = pending_input {
+            if String::from_utf8_lossy(&out).contains(ready) {
+                if let Some(s) = stdin.as_mut() {
+                    s.write_all(bytes).unwrap();
+                    s.flush().unwrap();
+                }
+                pending_input = None;
+            }
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            panic!(
+                "{guest} did not finish in QEMU within {TIMEOUT:?}; output so far:\n{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let code = status.code().unwrap_or(-1);
+    (guest_part(&String::from_utf8_lossy(&out)), code)
+}
+
+/// QEMU's process status for a guest status.
+fn qemu_status(guest_status: i32) -> i32 {
+    (guest_status << 1) | 1
+}
+
+/// A disk image whose sectors say who they are; returns the FNV-1a-64 of the
+/// first `min(sectors, 256)` sectors (what the disk guest reads).
+pub fn make_disk(path: &Path, sectors: usize) -> u64 {
+    let mut data = Vec::with_capacity(sectors * 512);
+    for s in 0..sectors {
+        let line = format!("CAS Motion disk sector {s:06} ");
+        let mut sector: Vec<u8> = line.bytes().cycle().take(512).collect();
+        sector[511] = s as u8;
+        data.extend_from_slice(&sector);
+    }
+    std::fs::write(path, &data).unwrap();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in &data[..sectors.min(256) * 512] {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+fn disk_args(img: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("file={},if=none,id=d0,format=raw", img.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=d0,disable-modern=on".into(),
+    ]
+}
+
+#[test]
+fn hello_in_qemu() {
+    if !qemu_available() {
+        return;
+    }
+    let (out, code) = boot("hello", &[], None);
+    assert_eq!(
+        out,
+        "hello from a CAS Motion guest\nhvm_start_info: magic ok\ngoodbye\n"
+    );
+    assert_eq!(code, qemu_status(0));
+}
+
+#[test]
+fn compute_in_qemu() {
+    if !qemu_available() {
+        return;
+    }
+    let (out, code) = boot("compute", &[], None);
+    assert!(out.contains("compute: checksum 0x"), "{out}");
+    assert_eq!(code, qemu_status(0), "{out}");
+}
+
+#[test]
+fn disk_in_qemu_reads_the_image_by_dma() {
+    if !qemu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let sum = make_disk(&img, 300);
+    let args = disk_args(&img);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, code) = boot("disk", &args, None);
+    assert_eq!(code, qemu_status(0), "{out}");
+    assert!(out.contains("capacity 300 sectors"), "{out}");
+    assert!(
+        out.contains("sector 0 begins \"CAS Motion disk \""),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("read 256 sectors, checksum {sum:#018x}")),
+        "{out}"
+    );
+    assert!(out.contains("32 requests completed by interrupt"), "{out}");
+}
+
+#[test]
+fn disk_in_qemu_without_a_device_fails_clearly() {
+    if !qemu_available() {
+        return;
+    }
+    let (out, code) = boot("disk", &[], None);
+    assert!(out.contains("no virtio-blk device"), "{out}");
+    assert_eq!(code, qemu_status(5));
+}
+
+#[test]
+fn timer_in_qemu_completes_with_a_checksum() {
+    if !qemu_available() {
+        return;
+    }
+    let (out, code) = boot("timer", &[], None);
+    assert_eq!(code, qemu_status(0), "{out}");
+    assert!(out.contains("checksum: 0x"), "{out}");
+    assert_eq!(
+        out.matches(" ok\n").count(),
+        3,
+        "every task verified: {out}"
+    );
+    assert!(out.contains("25:"), "25 ticks traced: {out}");
+}
+
+#[test]
+fn entropy_in_qemu_reports_its_sources() {
+    if !qemu_available() {
+        return;
+    }
+    let (out, code) = boot("entropy", &[], None);
+    assert_eq!(code, qemu_status(0), "{out}");
+    for what in ["cpuid: vendor", "rdtsc:", "rdrand:", "rtc: 2"] {
+        assert!(out.contains(what), "{what}: {out}");
+    }
+}
+
+#[test]
+fn serial_echo_in_qemu_answers_lines() {
+    if !qemu_available() {
+        return;
+    }
+    let (out, code) = boot(
+        "serial-echo",
+        &[],
+        Some(("end with 'quit'", b"Hello, World\nabc xyz\nquit\n")),
+    );
+    assert_eq!(code, qemu_status(0), "{out}");
+    assert!(out.contains("> Uryyb, Jbeyq\n> nop klm\n"), "{out}");
+    assert!(out.contains("quit after 2 lines"), "{out}");
+}
