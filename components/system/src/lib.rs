@@ -69,3 +69,50 @@ pub fn load(path: &Path, interfaces: &[&str]) -> Result<System, LoadError> {
 pub fn parse(file: &Path, src: &str, interfaces: &[&str]) -> Result<System, Diagnostics> {
     validate::check(file, src, interfaces)
 }
+
+/// The fuzz target's body, shared with the seeded test in the normal test
+/// run: validate arbitrary bytes and check the result is well formed.
+/// Panics only if the validator misbehaves.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    const INTERFACES: &[&str] = &["LogAppend", "LogRead", "Pmu", "VmControl", "Supervisor"];
+    let Ok(src) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse(Path::new("fuzz.toml"), src, INTERFACES) {
+        Ok(system) => {
+            for c in system.components() {
+                let d = system.domain(&c.domain).expect("component's domain exists");
+                assert!(d.components.contains(&c.name));
+                for need in &c.needs {
+                    assert!(d.allows(*need));
+                }
+            }
+            for ch in system.channels() {
+                assert_eq!(
+                    system.component(&ch.client).unwrap().domain,
+                    ch.client_domain
+                );
+                assert_eq!(
+                    system.component(&ch.server).unwrap().domain,
+                    ch.server_domain
+                );
+            }
+            assert!(system.supervisor().supervisor);
+        }
+        Err(findings) => {
+            assert!(!findings.is_empty());
+            let lines = src.lines().count().max(1) + 1;
+            for d in &findings {
+                assert!((1..=lines).contains(&d.line), "{d} beyond {lines} lines");
+                assert!(!d.message.is_empty());
+            }
+            assert!(
+                findings
+                    .iter()
+                    .zip(findings.iter().skip(1))
+                    .all(|(a, b)| a.line <= b.line)
+            );
+        }
+    }
+}
