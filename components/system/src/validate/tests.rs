@@ -801,3 +801,17 @@ fn model_resolves_channels_domains_and_policies() {
         ["app", "store", "boss"]
     );
 }
+
+#[test]
+fn the_documented_example_is_valid() {
+    let doc = include_str!("../../../../docs/system-toml.md");
+    let start = doc
+        .find("```toml\n")
+        .expect("a toml example in docs/system-toml.md")
+        + 8;
+    let len = doc[start..].find("```").unwrap();
+    let example = &doc[start..start + len];
+    let sys =
+        check(Path::new("example.toml"), example, INTERFACES).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(sys.domains().len(), 3);
+}
