@@ -815,3 +815,15 @@ fn the_documented_example_is_valid() {
         check(Path::new("example.toml"), example, INTERFACES).unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(sys.domains().len(), 3);
 }
+
+#[test]
+fn crlf_files_check_the_same_with_the_same_lines() {
+    let crlf = BASE.replace('\n', "\r\n");
+    expect(&crlf, &[]);
+    let broken = base_with("grants = [\"kvm\"]", "grants = [\"kvm\", \"pmu\"]");
+    let line = line_of(&broken, "\"pmu\"", 0);
+    expect(
+        &broken.replace('\n', "\r\n"),
+        &[(Rule::UnneededCapability, line, "`pmu`")],
+    );
+}
