@@ -22,12 +22,16 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// The system description (system.toml).
+    #[command(subcommand)]
+    System(cmd::system::SystemCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
+        Command::System(c) => cmd::system::run(c),
     };
     match result {
         Ok(code) => code,
