@@ -22,12 +22,19 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Report what this host offers (KVM, PMU, single-step, QEMU) and which backends work.
+    Doctor {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Doctor { json } => cmd::doctor::run(json),
     };
     match result {
         Ok(code) => code,

@@ -4,5 +4,6 @@
 
 pub mod conv;
 pub mod kick;
+pub mod probe;
 pub mod ring3;
 pub mod vm;
