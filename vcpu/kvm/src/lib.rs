@@ -2,8 +2,13 @@
 //! and the ring-3 oracle ([`ring3`]) that runs code natively on the host CPU
 //! as a reference for the soft vCPU.
 
+pub mod backend;
 pub mod conv;
+pub mod cpuid;
+pub mod decode;
 pub mod kick;
 pub mod probe;
 pub mod ring3;
 pub mod vm;
+
+pub use backend::{KvmKicker, KvmVcpu, KvmVm};
