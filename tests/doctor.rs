@@ -79,13 +79,21 @@ fn json_report_has_every_field() {
         "kvm.single_step",
         "kvm.hw_breakpoint",
         "kvm.ring3_native",
+        "kvm.backend_guest",
+        "kvm.cpuid_policy",
         "pmu.host_branches",
         "pmu.guest_branches",
     ] {
         finding(&r, f);
     }
     for b in ["soft", "kvm"] {
-        for f in ["usable", "counter_mode", "counter_backend", "reason"] {
+        for f in [
+            "usable",
+            "counter_mode",
+            "counter_backend",
+            "reason",
+            "notes",
+        ] {
             get(&r, &format!("verdict.{b}.{f}"));
         }
     }
@@ -144,6 +152,11 @@ fn kvm_findings_match_independent_probes() {
             "capability {name}"
         );
     }
+    assert_eq!(
+        get(&r, "verdict.kvm.usable").as_bool(),
+        Some(finding(&r, "kvm.backend_guest")),
+        "the kvm backend is usable exactly when its tiny guest ran"
+    );
     // The counter-mode verdict follows from the findings.
     let stepping = finding(&r, "kvm.single_step") || finding(&r, "kvm.hw_breakpoint");
     let guest_counter = finding(&r, "pmu.guest_branches");

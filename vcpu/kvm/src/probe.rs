@@ -63,6 +63,16 @@ pub struct KvmReport {
     /// Mean wall time of one tiny ring-3 block through the oracle (set-up,
     /// one user-space exit, read-back), in microseconds.
     pub ring3_block_us: Option<f64>,
+    /// The kvm backend runs a tiny real-mode guest: a port write, a port
+    /// read answered by the monitor, a loop, HLT.
+    pub backend_guest: Finding,
+    /// MIPS of a real-mode (ring-0) loop on the kvm backend: a few hundred or
+    /// more where guest ring-0 code runs on hardware, about 1 where KVM
+    /// emulates it.
+    pub ring0_mips: Option<f64>,
+    /// KVM honours a CPUID policy that hides RDRAND/RDSEED (read back with
+    /// KVM_GET_CPUID2 after KVM_SET_CPUID2).
+    pub cpuid_policy: Finding,
 }
 
 /// The capabilities reported, in order.
@@ -104,6 +114,9 @@ pub fn probe_kvm() -> KvmReport {
         ring3_native: Finding::no("not tried: KVM unusable"),
         ring3_mips: None,
         ring3_block_us: None,
+        backend_guest: Finding::no("not tried: KVM unusable"),
+        ring0_mips: None,
+        cpuid_policy: Finding::no("not tried: KVM unusable"),
     };
     let kvm = match open_kvm() {
         Ok(k) => k,
@@ -132,6 +145,10 @@ pub fn probe_kvm() -> KvmReport {
     report.ring3_native = native;
     report.ring3_mips = mips;
     report.ring3_block_us = block_us;
+    let (guest, ring0_mips, cpuid) = probe_backend();
+    report.backend_guest = guest;
+    report.ring0_mips = ring0_mips;
+    report.cpuid_policy = cpuid;
     report.single_step = probe_debug(GuestDebug::SingleStep);
     report.hw_breakpoint = probe_debug(GuestDebug::HwBreakpoint(layout::CODE_BASE + 1));
     report
@@ -200,6 +217,118 @@ fn probe_ring3() -> (Finding, Option<f64>, Option<f64>) {
             Finding::no(format!("ring-3 benchmark loop failed: {e}")),
             None,
             Some(block_us),
+        ),
+    }
+}
+
+/// Iterations of the ring-0 probe loop (two instructions each).
+const RING0_LOOP: u32 = 50_000;
+
+fn probe_backend() -> (Finding, Option<f64>, Finding) {
+    use vcpu::{Completion, ExitInfo, ExitReason, Regs, Vcpu};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    let n = RING0_LOOP.to_le_bytes();
+    let code = [
+        0xE6, 0x80, // out 0x80, al
+        0xE4, 0x81, // in al, 0x81
+        0x66, 0xB9, n[0], n[1], n[2], n[3], // mov ecx, RING0_LOOP
+        0x66, 0x49, // L: dec ecx
+        0x75, 0xFC, // jnz L
+        0xE6, 0x82, // out 0x82, al
+        0xF4, // hlt
+    ];
+    let fail = |what: String| {
+        (
+            Finding::no(what),
+            None,
+            Finding::no("not tried: backend failed"),
+        )
+    };
+    let mem = match GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x8000)]) {
+        Ok(m) => m,
+        Err(e) => return fail(format!("guest memory: {e}")),
+    };
+    if let Err(e) = mem.write_slice(&code, GuestAddress(0x1000)) {
+        return fail(format!("guest memory: {e}"));
+    }
+    let vm = match crate::KvmVm::new(mem) {
+        Ok(vm) => vm,
+        Err(e) => return fail(format!("KvmVm: {e}")),
+    };
+    let cpuid = match vm.host_cpuid() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("CPUID: {e}")),
+    };
+    let mut v = match vm.create_vcpu(0, &cpuid) {
+        Ok(v) => v,
+        Err(e) => return fail(format!("vCPU: {e}")),
+    };
+    let cpuid_policy = if v.unrecordable_visible() {
+        Finding::no(
+            "KVM_SET_CPUID2 with RDRAND/RDSEED cleared, yet KVM_GET_CPUID2 still shows them: \
+             this KVM keeps host CPUID values, so guests can see RDRAND/RDSEED",
+        )
+    } else {
+        Finding::yes("RDRAND/RDSEED cleared in the vCPU's CPUID (read back after setting)")
+    };
+    let run = |v: &mut crate::KvmVcpu| -> Result<(u64, u64), String> {
+        let mut s = v.special_regs().map_err(|e| e.to_string())?;
+        s.cs.base = 0;
+        s.cs.selector = 0;
+        v.set_special_regs(&s).map_err(|e| e.to_string())?;
+        v.set_regs(&Regs {
+            rip: 0x1000,
+            rflags: 2,
+            rsp: 0x7000,
+            ..Regs::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let mut step = |want: ExitReason, c: Completion| -> Result<vcpu::VmExit, String> {
+            let e = v.run().map_err(|e| e.to_string())?;
+            if e.reason != want {
+                return Err(format!("expected a {want:?} exit, got {e:?}"));
+            }
+            v.complete(c).map_err(|e| e.to_string())?;
+            Ok(e)
+        };
+        step(ExitReason::IoInstruction, Completion::Retire)?;
+        step(ExitReason::IoInstruction, Completion::IoIn(0x5A))?;
+        let start = Instant::now();
+        let e = step(ExitReason::IoInstruction, Completion::Retire)?;
+        let loop_ns = start.elapsed().as_nanos() as u64;
+        match e.info {
+            ExitInfo::Io {
+                out_value: Some(0x5A),
+                qual,
+                ..
+            } if qual.port == 0x82 => {}
+            other => {
+                return Err(format!(
+                    "the port read's value did not reach the guest: {other:?}"
+                ));
+            }
+        }
+        step(ExitReason::Hlt, Completion::Retire)?;
+        Ok((loop_ns, v.deterministic_exits()))
+    };
+    match run(&mut v) {
+        Ok((loop_ns, exits)) => {
+            let mips = 2.0 * RING0_LOOP as f64 / (loop_ns.max(1) as f64 / 1e9) / 1e6;
+            (
+                Finding::yes(format!(
+                    "real-mode guest: OUT, IN answered by the monitor, a {}-instruction loop \
+                     at {mips:.1} MIPS, HLT ({exits} deterministic exits)",
+                    2 * RING0_LOOP
+                )),
+                Some(mips),
+                cpuid_policy,
+            )
+        }
+        Err(e) => (
+            Finding::no(format!("tiny guest on the kvm backend: {e}")),
+            None,
+            cpuid_policy,
         ),
     }
 }

@@ -33,6 +33,8 @@ pub struct BackendVerdict {
     pub counter_backend: &'static str,
     /// Why, in a sentence or two.
     pub reason: String,
+    /// Further findings that limit the backend on this host.
+    pub notes: Vec<String>,
 }
 
 /// What follows from the probes.
@@ -100,6 +102,7 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
         reason: "the software vCPU needs nothing from the host and counts retired \
                  instructions and branches exactly"
             .into(),
+        notes: Vec::new(),
     };
     let kvm_verdict = if !kvm.usable {
         BackendVerdict {
@@ -110,6 +113,18 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
                 "KVM unusable: {}",
                 kvm.reason.as_deref().unwrap_or("unknown reason")
             ),
+            notes: Vec::new(),
+        }
+    } else if !kvm.backend_guest.works {
+        BackendVerdict {
+            usable: false,
+            counter_mode: "none",
+            counter_backend: "none",
+            reason: format!(
+                "KVM opens, but the kvm backend failed its tiny guest: {}",
+                kvm.backend_guest.detail
+            ),
+            notes: Vec::new(),
         }
     } else {
         let stepping = kvm.single_step.works || kvm.hw_breakpoint.works;
@@ -122,6 +137,7 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
                          single-step/breakpoints give debug exits, so asynchronous events \
                          can be landed at exact timepoints"
                     .into(),
+                notes: Vec::new(),
             }
         } else {
             let mut missing = Vec::new();
@@ -148,9 +164,26 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
                      exiting",
                     missing.join("; ")
                 ),
+                notes: Vec::new(),
             }
         }
     };
+    let mut kvm_verdict = kvm_verdict;
+    if kvm_verdict.usable {
+        if let Some(mips) = kvm.ring0_mips.filter(|m| *m < 100.0) {
+            kvm_verdict.notes.push(format!(
+                "ring-0 guest code is emulated here ({mips:.1} MIPS): guest kernels run far \
+                 slower on kvm than on soft"
+            ));
+        }
+        if !kvm.cpuid_policy.works {
+            kvm_verdict.notes.push(
+                "KVM does not honour the CPUID policy: RDRAND/RDSEED stay visible to guests, \
+                 so kvm recordings must be marked as possibly containing unrecorded randomness"
+                    .into(),
+            );
+        }
+    }
     Verdict {
         soft,
         kvm: kvm_verdict,
@@ -158,7 +191,8 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
         kvm_limits: vec![
             "RDTSC/RDTSCP cannot be trapped by stock KVM: a guest reading the TSC diverges \
              on replay (digests report it)",
-            "RDRAND/RDSEED cannot be trapped: they are hidden in the guest's CPUID",
+            "RDRAND/RDSEED cannot be trapped: the backend hides them in the guest's CPUID \
+             (where KVM honours the CPUID policy; see the notes)",
         ],
     }
 }
@@ -219,6 +253,17 @@ fn print_human(r: &DoctorReport) {
                 format!("{us:.1} µs (set-up, exit, read-back)"),
             );
         }
+        row("kvm backend tiny guest", yes_no(&r.kvm.backend_guest));
+        if let Some(m) = r.kvm.ring0_mips {
+            row(
+                "ring-0 (real-mode) speed",
+                format!(
+                    "{m:.1} MIPS ({})",
+                    if m < 100.0 { "emulated" } else { "hardware" }
+                ),
+            );
+        }
+        row("CPUID policy honoured", yes_no(&r.kvm.cpuid_policy));
         row("guest single-step", yes_no(&r.kvm.single_step));
         row("hardware breakpoints", yes_no(&r.kvm.hw_breakpoint));
     }
@@ -258,6 +303,9 @@ fn print_human(r: &DoctorReport) {
                 v.reason
             ),
         );
+        for n in &v.notes {
+            row("", format!("note: {n}"));
+        }
     }
     row("default backend", r.verdict.default_backend);
     for (i, l) in r.verdict.kvm_limits.iter().enumerate() {
