@@ -426,7 +426,8 @@ impl KvmVcpu {
         let out_value = if io.qual.direction == IoDirection::Out {
             let data = self.io_element(&io, io.answered)?;
             let mut v = [0u8; 4];
-            v[..data.len()].copy_from_slice(data);
+            let n = data.len().min(4);
+            v[..n].copy_from_slice(&data[..n]);
             Some(u32::from_le_bytes(v))
         } else {
             None
@@ -839,8 +840,8 @@ impl Vcpu for KvmVcpu {
             (Pending::Io(mut io), Completion::IoIn(v)) if io.qual.direction == IoDirection::In => {
                 let bytes = v.to_le_bytes();
                 let el = self.io_element(&io, io.answered)?;
-                let n = el.len();
-                el.copy_from_slice(&bytes[..n]);
+                let n = el.len().min(4);
+                el[..n].copy_from_slice(&bytes[..n]);
                 io.answered += 1;
                 self.pending = Pending::Io(io);
                 if io.answered == io.count {

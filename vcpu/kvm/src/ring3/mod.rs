@@ -427,15 +427,15 @@ impl Ring3Runner {
         let vector = ((regs.rip - STUBS_BASE) / STUB_SIZE) as u8;
         let mut at = regs.rsp;
         let error_code = if Exception::vector_has_error_code(vector) {
-            at += 8;
+            at = at.wrapping_add(8);
             Some(self.read_u64(regs.rsp)? as u32)
         } else {
             None
         };
         let rip = self.read_u64(at)?;
-        let cs = self.read_u64(at + 8)?;
-        let rflags = self.read_u64(at + 16)?;
-        let rsp = self.read_u64(at + 24)?;
+        let cs = self.read_u64(at.wrapping_add(8))?;
+        let rflags = self.read_u64(at.wrapping_add(16))?;
+        let rsp = self.read_u64(at.wrapping_add(24))?;
         if cs as u16 != USER_CS {
             return Err(Ring3Error::UnexpectedExit(format!(
                 "exception {vector} taken with CS {cs:#x}, not from the ring-3 block \
