@@ -1,5 +1,5 @@
 //! One module per subcommand group.
 
-pub mod system;
 pub mod doctor;
+pub mod system;
 pub mod version;
