@@ -138,7 +138,7 @@ impl KvmVm {
             fd,
             mem: self.mem.clone(),
             user_space_msr: self.user_space_msr,
-            controls: KvmVcpu::default_controls(),
+            controls: KvmVcpu::backend_default_controls(),
             kicker: Arc::new(KvmKicker::default()),
             pending: Pending::None,
             awaiting: None,
@@ -234,7 +234,7 @@ impl KvmVcpu {
     /// The execution controls this backend starts with and can honour: the
     /// recording defaults minus RDTSC/RDRAND/RDSEED exiting, which stock KVM
     /// cannot do.
-    pub fn default_controls() -> ExecControls {
+    pub fn backend_default_controls() -> ExecControls {
         ExecControls {
             rdtsc_exiting: false,
             rdrand_exiting: false,
@@ -260,7 +260,7 @@ impl KvmVcpu {
     /// since creation: the deterministic clock of exit-synchronous mode.
     /// Kicks and interrupt-window exits are not counted: their position in
     /// the guest's execution depends on host timing.
-    pub fn deterministic_exits(&self) -> u64 {
+    pub fn exit_count(&self) -> u64 {
         self.exits
     }
 
@@ -1114,6 +1114,14 @@ impl Vcpu for KvmVcpu {
 
     fn host_pmu(&mut self) -> Option<&mut dyn PmuBank> {
         None
+    }
+
+    fn default_controls(&self) -> ExecControls {
+        KvmVcpu::backend_default_controls()
+    }
+
+    fn deterministic_exits(&self) -> Option<u64> {
+        Some(self.exit_count())
     }
 }
 

@@ -102,7 +102,7 @@ fn port_io_exits_and_completions() {
     let e = v.run().unwrap();
     assert_eq!((e.reason, e.rip), (ExitReason::Hlt, CODE + 9));
     v.complete(Completion::Retire).unwrap();
-    assert_eq!(v.deterministic_exits(), 4);
+    assert_eq!(v.exit_count(), 4);
     assert_eq!(v.retired(), None);
 }
 
@@ -316,11 +316,7 @@ fn kicker_stops_a_spinning_guest() {
     assert_eq!(e.reason, ExitReason::ExternalInterrupt);
     assert_eq!(e.rip, CODE);
     t.join().unwrap();
-    assert_eq!(
-        v.deterministic_exits(),
-        0,
-        "kicks are not deterministic exits"
-    );
+    assert_eq!(v.exit_count(), 0, "kicks are not deterministic exits");
 }
 
 #[test]
@@ -406,28 +402,28 @@ fn controls_kvm_cannot_honour_are_refused_by_name() {
         (
             ExecControls {
                 monitor_trap_flag: true,
-                ..KvmVcpu::default_controls()
+                ..KvmVcpu::backend_default_controls()
             },
             "monitor_trap_flag",
         ),
         (
             ExecControls {
                 preemption_timer: Some(5),
-                ..KvmVcpu::default_controls()
+                ..KvmVcpu::backend_default_controls()
             },
             "preemption_timer",
         ),
         (
             ExecControls {
                 rdrand_exiting: true,
-                ..KvmVcpu::default_controls()
+                ..KvmVcpu::backend_default_controls()
             },
             "rdrand_exiting",
         ),
         (
             ExecControls {
                 hlt_exiting: false,
-                ..KvmVcpu::default_controls()
+                ..KvmVcpu::backend_default_controls()
             },
             "hlt_exiting",
         ),

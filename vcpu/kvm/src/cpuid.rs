@@ -3,54 +3,10 @@
 //! over once, at construction, instead of answering `Cpuid` exits.
 
 use kvm_bindings::{CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2};
-use serde::{Deserialize, Serialize};
 
-/// One CPUID leaf/subleaf and its result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CpuidEntry {
-    /// EAX input (leaf).
-    pub leaf: u32,
-    /// ECX input (subleaf); only meaningful when `subleaf_significant`.
-    pub subleaf: u32,
-    /// Whether the result depends on ECX.
-    pub subleaf_significant: bool,
-    /// EAX output.
-    pub eax: u32,
-    /// EBX output.
-    pub ebx: u32,
-    /// ECX output.
-    pub ecx: u32,
-    /// EDX output.
-    pub edx: u32,
-}
-
-/// CPUID.01H:ECX.RDRAND.
-pub const LEAF1_ECX_RDRAND: u32 = 1 << 30;
-/// CPUID.(EAX=07H,ECX=0):EBX.RDSEED.
-pub const LEAF7_EBX_RDSEED: u32 = 1 << 18;
-
-/// Clear the RDRAND and RDSEED feature bits: stock KVM cannot make these
-/// instructions exit, so their results could not be recorded. A guest that
-/// executes them anyway (ignoring CPUID) still gets hardware randomness and
-/// its replay diverges, which the replay digests report.
-pub fn hide_unrecordable(entries: &mut [CpuidEntry]) {
-    for e in entries {
-        match (e.leaf, e.subleaf) {
-            (1, _) => e.ecx &= !LEAF1_ECX_RDRAND,
-            (7, 0) => e.ebx &= !LEAF7_EBX_RDSEED,
-            _ => {}
-        }
-    }
-}
-
-/// Whether RDRAND or RDSEED is advertised.
-pub fn shows_unrecordable(entries: &[CpuidEntry]) -> bool {
-    entries.iter().any(|e| match (e.leaf, e.subleaf) {
-        (1, _) => e.ecx & LEAF1_ECX_RDRAND != 0,
-        (7, 0) => e.ebx & LEAF7_EBX_RDSEED != 0,
-        _ => false,
-    })
-}
+pub use vcpu::cpuid::{
+    CpuidEntry, LEAF1_ECX_RDRAND, LEAF7_EBX_RDSEED, hide_unrecordable, shows_unrecordable,
+};
 
 /// The entries of a KVM CPUID list.
 pub fn from_kvm(cpuid: &CpuId) -> Vec<CpuidEntry> {

@@ -310,7 +310,7 @@ fn probe_backend() -> (Finding, Option<f64>, Finding) {
             }
         }
         step(ExitReason::Hlt, Completion::Retire)?;
-        Ok((loop_ns, v.deterministic_exits()))
+        Ok((loop_ns, v.exit_count()))
     };
     match run(&mut v) {
         Ok((loop_ns, exits)) => {
