@@ -24,6 +24,15 @@ enum Command {
     Version,
     /// Boot a guest live: serial on stdout, exit with its isa-debug-exit status.
     Run(cmd::run::RunArgs),
+    /// The system description (system.toml).
+    #[command(subcommand)]
+    System(cmd::system::SystemCmd),
+    /// Report what this host offers (KVM, PMU, single-step, QEMU) and which backends work.
+    Doctor {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +40,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Version => cmd::version::run(),
         Command::Run(args) => cmd::run::run(args),
+        Command::System(c) => cmd::system::run(c),
+        Command::Doctor { json } => cmd::doctor::run(json),
     };
     match result {
         Ok(code) => code,

@@ -2,4 +2,6 @@
 
 pub mod backend;
 pub mod run;
+pub mod doctor;
+pub mod system;
 pub mod version;
