@@ -22,6 +22,8 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const DEFAULT_RAM: u64 = 128 << 20;
 /// IA32_TSC.
 const MSR_TSC: u32 = 0x10;
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// Why a machine could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -511,11 +513,16 @@ impl Machine {
         limits: &RunLimits,
     ) -> Result<Option<StopReason>, MachineError> {
         loop {
-            if !vcpu.interruptible()? {
+            if vcpu.regs()?.rflags & RFLAGS_IF == 0 {
                 let rip = vcpu.regs()?.rip;
                 return Ok(Some(StopReason::HaltedWithInterruptsDisabled { rip }));
             }
             if self.deliver_async(vcpu, env, st)? {
+                return Ok(None);
+            }
+            // Pending but not deliverable yet (an interrupt shadow the
+            // backend still reports): the main loop asks for a window.
+            if env.interrupt_waiting()? {
                 return Ok(None);
             }
             if let (Some(end), Some(d)) = (wall_end, limits.wall) {

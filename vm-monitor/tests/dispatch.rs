@@ -84,7 +84,10 @@ impl vcpu::Vcpu for Scripted {
         Ok(())
     }
     fn regs(&self) -> Result<vcpu::Regs, VcpuError> {
-        Ok(vcpu::Regs::default())
+        Ok(vcpu::Regs {
+            rflags: 2 | if self.interruptible { 0x200 } else { 0 },
+            ..Default::default()
+        })
     }
     fn set_regs(&mut self, _: &vcpu::Regs) -> Result<(), VcpuError> {
         Ok(())
