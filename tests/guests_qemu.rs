@@ -240,3 +240,70 @@ fn serial_echo_in_qemu_answers_lines() {
     assert!(out.contains("> Uryyb, Jbeyq\n> nop klm\n"), "{out}");
     assert!(out.contains("quit after 2 lines"), "{out}");
 }
+
+#[path = "guests_common.rs"]
+mod common;
+
+/// QEMU and `motion run` (default backend) print the same serial output and
+/// end with the same status for a deterministic guest.
+fn compare(guest: &str, qemu_extra: &[&str], motion_extra: &[&str]) {
+    if !qemu_available() || !common::backend_available("soft") {
+        return;
+    }
+    let (qemu_out, qemu_code) = boot(guest, qemu_extra, None);
+    let mut args = vec!["--guest", guest];
+    args.extend_from_slice(motion_extra);
+    let out = common::motion_run(&args);
+    let motion_out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        motion_out,
+        qemu_out,
+        "{guest}: motion run and QEMU disagree (motion stderr: {})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = out.status.code().expect("exit code");
+    assert_eq!(qemu_code, (status << 1) | 1, "{guest}: exit statuses");
+}
+
+#[test]
+fn qemu_and_motion_agree_on_hello() {
+    compare("hello", &[], &[]);
+}
+
+#[test]
+fn qemu_and_motion_agree_on_compute() {
+    compare("compute", &[], &[]);
+}
+
+#[test]
+fn qemu_and_motion_agree_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    make_disk(&img, 300);
+    let args = disk_args(&img);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let img = img.to_str().unwrap();
+    compare("disk", &args, &["--disk", img]);
+}
+
+/// The timer guest's output depends on when each tick lands: two live runs
+/// under `motion run` differ (the non-determinism a recorder must capture).
+#[test]
+fn timer_output_differs_between_live_runs() {
+    if !common::backend_available("soft") {
+        return;
+    }
+    let runs: Vec<String> = (0..2)
+        .map(|_| {
+            let out = common::motion_run(&["--guest", "timer"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(out.status.code(), Some(0), "timer failed: {text}");
+            assert!(text.contains("checksum: 0x"), "{text}");
+            text
+        })
+        .collect();
+    assert_ne!(
+        runs[0], runs[1],
+        "two live timer runs printed the same trace"
+    );
+}
