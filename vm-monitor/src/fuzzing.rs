@@ -97,7 +97,7 @@ pub fn load_kernel(data: &[u8]) {
 
 /// A vCPU that never runs, for [`crate::env::AsyncPoint`] outside a machine.
 #[derive(Default)]
-struct NullVcpu {
+pub(crate) struct NullVcpu {
     controls: vcpu::ExecControls,
 }
 

@@ -359,3 +359,129 @@ impl Environment for LiveEnvironment {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::fuzzing::NullVcpu;
+
+    fn env(
+        input: Option<InputFeed>,
+        disk: Option<DiskImage>,
+    ) -> (GuestMemoryMmap, LiveEnvironment) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let e = LiveEnvironment::new(
+            mem.clone(),
+            LiveConfig {
+                serial_out: Box::new(std::io::sink()),
+                input,
+                disk,
+            },
+        );
+        (mem, e)
+    }
+
+    fn pic_init(e: &mut LiveEnvironment, master_mask: u8, slave_mask: u8) {
+        for (p, v) in [
+            (0x20, 0x11),
+            (0xa0, 0x11),
+            (0x21, 0x20),
+            (0xa1, 0x28),
+            (0x21, 4),
+            (0xa1, 2),
+            (0x21, 1),
+            (0xa1, 1),
+            (0x21, master_mask),
+            (0xa1, slave_mask),
+        ] {
+            e.port_out(p, 1, v.into()).unwrap();
+        }
+    }
+
+    #[test]
+    fn serial_input_raises_irq4_and_reads_back() {
+        let (_, mut e) = env(Some(InputFeed::from_bytes(b"ok")), None);
+        pic_init(&mut e, 0xef, 0xff);
+        e.port_out(0x3f9, 1, 1).unwrap();
+        let v = NullVcpu::default();
+        let at = AsyncPoint::new(&v, 0, true);
+        assert_eq!(
+            e.next_async(&at).unwrap(),
+            Some(AsyncInput::Interrupt(0x24))
+        );
+        assert_eq!(e.port_in(0x3f8, 1).unwrap(), b'o' as u32);
+        assert_eq!(e.port_in(0x3f8, 1).unwrap(), b'k' as u32);
+        assert_eq!(e.port_in(0x3fd, 1).unwrap() & 1, 0);
+        // Input closed and drained, no timer: nothing can wake a halted guest.
+        assert_eq!(e.idle(None).unwrap(), Idle::Never);
+    }
+
+    #[test]
+    fn disk_completion_is_dma_writes_then_the_interrupt() {
+        let (mem, mut e) = env(None, Some(DiskImage::zeroed(16)));
+        pic_init(&mut e, 0xfb, 0xf7);
+        // PCI command: I/O + bus master.
+        e.port_out(0xcf8, 4, 0x8000_0000 | 3 << 11 | 4).unwrap();
+        e.port_out(0xcfc, 2, 5).unwrap();
+        e.port_out(0xc012, 1, 7).unwrap();
+        e.port_out(0xc008, 4, 0x10).unwrap(); // ring at 64 KiB
+        let ring = 0x10000u64;
+        mem.write_obj(0u32, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(3u64, GuestAddress(0x1008)).unwrap();
+        for (i, (addr, len, flags, next)) in [
+            (0x1000u64, 16u32, 1u16, 1u16),
+            (0x2000, 512, 3, 2),
+            (0x3000, 1, 2, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = ring + 16 * i as u64;
+            mem.write_obj(addr, GuestAddress(d)).unwrap();
+            mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+        }
+        let avail = ring + 16 * 256;
+        mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        e.port_out(0xc010, 2, 0).unwrap();
+        let v = NullVcpu::default();
+        let at = AsyncPoint::new(&v, 0, true);
+        let mut got = Vec::new();
+        while let Some(a) = e.next_async(&at).unwrap() {
+            let irq = matches!(a, AsyncInput::Interrupt(_));
+            got.push(a);
+            if irq {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!(matches!(&got[0], AsyncInput::DmaWrite { gpa: 0x2000, data } if data.len() == 512));
+        assert!(matches!(&got[1], AsyncInput::DmaWrite { gpa: 0x3000, data } if data == &[0]));
+        assert_eq!(got[4], AsyncInput::Interrupt(0x2b));
+        // Reading the ISR lowers the level-triggered line.
+        assert_eq!(e.port_in(0xc013, 1).unwrap(), 1);
+        e.port_out(0xa0, 1, 0x20).unwrap();
+        e.port_out(0x20, 1, 0x20).unwrap();
+        assert!(!e.interrupt_waiting().unwrap());
+    }
+
+    #[test]
+    fn the_pit_ticks_on_the_host_clock() {
+        let (_, mut e) = env(None, None);
+        pic_init(&mut e, 0xfe, 0xff);
+        e.port_out(0x43, 1, 0x34).unwrap();
+        e.port_out(0x40, 1, 0xa9).unwrap();
+        e.port_out(0x40, 1, 0x04).unwrap(); // 1193 ticks: ~1 ms
+        let deadline = e.next_deadline().expect("a tick is scheduled");
+        assert!(deadline <= Instant::now() + Duration::from_millis(2));
+        assert_eq!(e.idle(None).unwrap(), Idle::Woke);
+        let v = NullVcpu::default();
+        assert_eq!(
+            e.next_async(&AsyncPoint::new(&v, 0, true)).unwrap(),
+            Some(AsyncInput::Interrupt(0x20))
+        );
+    }
+}
