@@ -1,7 +1,7 @@
 //! One module per subcommand group.
 
 pub mod backend;
-pub mod run;
 pub mod doctor;
+pub mod run;
 pub mod system;
 pub mod version;
