@@ -21,10 +21,8 @@
 //! * [`devices`]: i8259 PIC pair, i8254 PIT, CMOS RTC, 16550 UART
 //!   (vm-superio), PCI host, legacy virtio-blk.
 //! * [`loader`]: the PVH ELF loader and `hvm_start_info`.
-//! * [`cpuid`]: the fixed CPUID policy.
 //! * [`fuzzing`]: entry points the fuzz targets and seeded tests share.
 
-pub mod cpuid;
 pub mod devices;
 pub mod env;
 pub mod fuzzing;

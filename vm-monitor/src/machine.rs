@@ -12,7 +12,6 @@ use vcpu::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::cpuid;
 use crate::env::{AsyncInput, AsyncPoint, EnvError, Environment, Idle, RandomKind};
 use crate::loader::{self, LoadError, START_INFO_ADDR};
 
@@ -160,6 +159,9 @@ pub struct MachineConfig {
     pub ram: u64,
     /// Kernel command line.
     pub cmdline: String,
+    /// The CPU model CPUID exits are answered from (backends that answer
+    /// CPUID themselves, like KVM, are given the same table).
+    pub cpuid: vcpu::CpuidPolicy,
 }
 
 impl Default for MachineConfig {
@@ -167,6 +169,7 @@ impl Default for MachineConfig {
         MachineConfig {
             ram: DEFAULT_RAM,
             cmdline: String::new(),
+            cpuid: vcpu::CpuidPolicy::baseline(),
         }
     }
 }
@@ -176,6 +179,7 @@ pub struct Machine {
     mem: GuestMemoryMmap,
     ram: u64,
     entry: u32,
+    cpuid: vcpu::CpuidPolicy,
 }
 
 impl std::fmt::Debug for Machine {
@@ -205,6 +209,7 @@ impl Machine {
             mem,
             ram: cfg.ram,
             entry: img.entry,
+            cpuid: cfg.cpuid.clone(),
         })
     }
 
@@ -216,6 +221,11 @@ impl Machine {
     /// Guest RAM size.
     pub fn ram_size(&self) -> u64 {
         self.ram
+    }
+
+    /// The CPUID policy.
+    pub fn cpuid(&self) -> &vcpu::CpuidPolicy {
+        &self.cpuid
     }
 
     /// The PVH entry point.
@@ -444,7 +454,7 @@ impl Machine {
                 }
             }
             (ExitReason::Cpuid, ExitInfo::Cpuid { leaf, subleaf }) => {
-                let [eax, ebx, ecx, edx] = cpuid::cpuid(*leaf, *subleaf);
+                let [eax, ebx, ecx, edx] = self.cpuid.lookup(*leaf, *subleaf);
                 Completion::Cpuid { eax, ebx, ecx, edx }
             }
             (ExitReason::Rdtsc, _) => Completion::Rdtsc(env.tsc()?),

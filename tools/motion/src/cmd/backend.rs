@@ -1,20 +1,28 @@
 //! Building a vCPU of the chosen backend over a machine's memory.
 
+use anyhow::Context;
 use vcpu::{ExecControls, Vcpu};
-use vm_memory::GuestMemoryMmap;
+use vm_monitor::Machine;
 
 use crate::cmd::run::Backend;
 
-/// Build a vCPU of `backend` over guest memory `mem` and call `f` with it and
-/// the execution controls to run it with.
+/// Build a vCPU of `backend` over `machine`'s memory (with its CPUID policy)
+/// and call `f` with it and the execution controls to run it with: the
+/// recording controls the backend can honour.
 pub fn with_vcpu<T>(
     backend: Backend,
-    _mem: &GuestMemoryMmap,
-    _f: impl FnOnce(&mut dyn Vcpu, ExecControls) -> anyhow::Result<T>,
+    machine: &Machine,
+    f: impl FnOnce(&mut dyn Vcpu, ExecControls) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let name = match backend {
-        Backend::Soft => "soft",
-        Backend::Kvm => "kvm",
-    };
-    anyhow::bail!("the {name} backend is not part of this build yet")
+    match backend {
+        Backend::Soft => anyhow::bail!("the soft backend is not part of this build yet"),
+        Backend::Kvm => {
+            let vm = vcpu_kvm::KvmVm::new(machine.memory().clone()).context("the kvm backend")?;
+            let mut v = vm
+                .create_vcpu(0, &machine.cpuid().entries)
+                .context("the kvm backend: creating the vCPU")?;
+            let controls = v.default_controls();
+            f(&mut v, controls)
+        }
+    }
 }

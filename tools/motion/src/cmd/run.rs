@@ -74,6 +74,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &MachineConfig {
             ram: args.ram_mib.saturating_mul(1 << 20),
             cmdline: args.cmdline.clone(),
+            ..MachineConfig::default()
         },
     )
     .with_context(|| format!("guest {}", args.guest))?;
@@ -102,11 +103,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         wall: args.timeout.map(Duration::from_secs_f64),
         exits: None,
     };
-    let outcome =
-        crate::cmd::backend::with_vcpu(args.backend, machine.memory(), |vcpu, controls| {
-            machine.reset_vcpu(vcpu, controls)?;
-            Ok(machine.run(vcpu, &mut env, &limits)?)
-        })?;
+    let outcome = crate::cmd::backend::with_vcpu(args.backend, &machine, |vcpu, controls| {
+        machine.reset_vcpu(vcpu, controls)?;
+        Ok(machine.run(vcpu, &mut env, &limits)?)
+    })
+    .map_err(explain_kvm_failure)?;
     std::io::stdout().flush().ok();
     if args.stats {
         let insns = outcome
@@ -127,4 +128,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("motion run: {}", outcome.stop);
     }
     Ok(ExitCode::from(outcome.exit_status()))
+}
+
+/// Add what the user can do to a KVM emulation failure.
+fn explain_kvm_failure(e: anyhow::Error) -> anyhow::Error {
+    if format!("{e:#}").contains("KVM_EXIT_INTERNAL_ERROR") {
+        e.context(
+            "KVM could not execute a guest instruction: where KVM runs ring-0 guest code in its \
+             instruction emulator (nested KVM; see `motion doctor`), SSE arithmetic and INT/IRET \
+             in 64-bit mode are not emulated; use --backend soft",
+        )
+    } else {
+        e
+    }
 }
