@@ -151,7 +151,7 @@ extern "C" fn rt_interrupt(frame: *mut Frame) -> *mut Frame {
         crate::println!(
             "EXCEPTION {} (vector {}) at rip {:#x} cs {:#x} error {:#x} cr2 {:#x} rsp {:#x}",
             EXCEPTION_NAMES[vector],
-            vector,
+            crate::Dec(vector as u64),
             f.rip,
             f.cs,
             f.error_code,

@@ -16,6 +16,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod dec;
 pub mod gdt;
 pub mod interrupts;
 pub mod io;
@@ -27,6 +28,7 @@ pub mod sync;
 pub mod user;
 
 pub use boot::BootInfo;
+pub use dec::Dec;
 
 /// Status for a successful run.
 pub const EXIT_SUCCESS: u8 = 0;

@@ -11,7 +11,7 @@
 #![no_main]
 
 use rt::sync::Global;
-use rt::{println, user};
+use rt::{Dec, println, user};
 
 /// Words per round.
 const N: usize = 32768;
@@ -54,7 +54,11 @@ fn work(_: u64) -> u64 {
 
 #[unsafe(no_mangle)]
 fn guest_main(_info: &rt::BootInfo) -> u8 {
-    println!("compute: {ROUNDS} rounds of xorshift-fill, sort and FNV-1a over {N} words");
+    println!(
+        "compute: {} rounds of xorshift-fill, sort and FNV-1a over {} words",
+        Dec(ROUNDS),
+        Dec(N as u64)
+    );
     let sum = user::run(work, 0);
     println!("compute: checksum {sum:#018x}");
     rt::EXIT_SUCCESS

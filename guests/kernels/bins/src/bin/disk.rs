@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 use rt::interrupts::{self, Frame};
 use rt::io::{inb, inl, inw, outb, outl, outw};
 use rt::sync::Global;
-use rt::{cpu, pic, println};
+use rt::{Dec, cpu, pic, println};
 
 const MAX_SECTORS: u64 = 256;
 const SECTORS_PER_REQUEST: u64 = 8;
@@ -200,7 +200,10 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     let bar0 = pci_read(0, dev, func, 0x10);
     let irq = pci_read(0, dev, func, 0x3c) & 0xff;
     if bar0 & 1 == 0 || irq >= 16 {
-        println!("disk: unusable configuration: bar0 {bar0:#x} irq {irq}");
+        println!(
+            "disk: unusable configuration: bar0 {bar0:#x} irq {}",
+            Dec(irq as u64)
+        );
         return EXIT_DEVICE_ERROR;
     }
     let base = (bar0 & 0xfffc) as u16;
@@ -226,7 +229,7 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         inw(base + QUEUE_SIZE) as usize
     };
     if qsize < 3 || qsize > MAX_QUEUE {
-        println!("disk: unusable queue size {qsize}");
+        println!("disk: unusable queue size {}", Dec(qsize as u64));
         return EXIT_DEVICE_ERROR;
     }
     let mut q = Queue::layout(qsize);
@@ -242,7 +245,7 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     pic::unmask(irq as u8);
     // Only machine-independent facts go to the output (QEMU and the CAS
     // Motion monitor place the device differently).
-    println!("disk: capacity {capacity} sectors");
+    println!("disk: capacity {} sectors", Dec(capacity));
 
     let total = capacity.min(MAX_SECTORS);
     let bufs = BUFFERS.get();
@@ -290,7 +293,11 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
             )
         };
         if status != 0 {
-            println!("disk: request for sector {sector} failed with status {status}");
+            println!(
+                "disk: request for sector {} failed with status {}",
+                Dec(sector),
+                Dec(status as u64)
+            );
             return EXIT_DEVICE_ERROR;
         }
         let data = &data[..(n * 512) as usize];
@@ -315,9 +322,13 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     let irqs = INTERRUPTS.load(Ordering::Relaxed);
     let requests = total.div_ceil(SECTORS_PER_REQUEST);
     if irqs < requests {
-        println!("disk: only {irqs} completion interrupts for {requests} requests");
+        println!(
+            "disk: only {} completion interrupts for {} requests",
+            Dec(irqs),
+            Dec(requests)
+        );
         return EXIT_DEVICE_ERROR;
     }
-    println!("disk: {requests} requests completed by interrupt");
+    println!("disk: {} requests completed by interrupt", Dec(requests));
     rt::EXIT_SUCCESS
 }

@@ -7,7 +7,7 @@
 #![no_main]
 
 use rt::io::{inb, outb};
-use rt::{cpu, println};
+use rt::{Dec, cpu, println};
 
 fn rdrand() -> Option<u64> {
     for _ in 0..10 {
@@ -85,7 +85,12 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     }
     core::hint::black_box(x);
     let t1 = cpu::rdtsc();
-    println!("rdtsc: {t0} then {t1} (+{})", t1.wrapping_sub(t0));
+    println!(
+        "rdtsc: {} then {} (+{})",
+        Dec(t0),
+        Dec(t1),
+        Dec(t1.wrapping_sub(t0))
+    );
 
     if has_rdrand {
         match (rdrand(), rdrand()) {
@@ -121,13 +126,13 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     let century = bcd(cmos(0x32), binary);
     println!(
         "rtc: {:02}{:02}-{:02}-{:02} {:02}:{:02}:{:02} (status b {status_b:#04x})",
-        if century == 0 { 20 } else { century },
-        year,
-        month,
-        day,
-        hour,
-        min,
-        sec
+        Dec(if century == 0 { 20 } else { century } as u64),
+        Dec(year as u64),
+        Dec(month as u64),
+        Dec(day as u64),
+        Dec(hour as u64),
+        Dec(min as u64),
+        Dec(sec as u64)
     );
     rt::EXIT_SUCCESS
 }

@@ -10,7 +10,7 @@
 
 use rt::interrupts::{self, Frame};
 use rt::sync::Global;
-use rt::{cpu, pic, println, serial};
+use rt::{Dec, cpu, pic, println, serial};
 
 const MAX_LINE: usize = 256;
 const RING: usize = 1024;
@@ -127,6 +127,11 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     serial::set_rx_interrupt(false);
     // SAFETY: interrupts are off.
     let dropped = unsafe { (*RX.get()).dropped };
-    println!("serial-echo: {reason} after {lines} lines, {bytes} bytes, {dropped} dropped");
+    println!(
+        "serial-echo: {reason} after {} lines, {} bytes, {} dropped",
+        Dec(lines),
+        Dec(bytes),
+        Dec(dropped)
+    );
     rt::EXIT_SUCCESS
 }

@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use rt::interrupts::{self, Frame};
 use rt::sync::Global;
-use rt::{cpu, gdt, pic, pit, println, user};
+use rt::{Dec, cpu, gdt, pic, pit, println, user};
 
 /// Ring-3 tasks (task 0 is the kernel's idle loop).
 const TASKS: usize = 3;
@@ -176,7 +176,12 @@ fn fnv(h: &mut u64, v: u64) {
 
 #[unsafe(no_mangle)]
 fn guest_main(_info: &rt::BootInfo) -> u8 {
-    println!("timer: {TASKS} ring-3 tasks, PIT at {HZ} Hz, {TICKS} ticks");
+    println!(
+        "timer: {} ring-3 tasks, PIT at {} Hz, {} ticks",
+        Dec(TASKS as u64),
+        Dec(HZ as u64),
+        Dec(TICKS as u64)
+    );
     {
         // SAFETY: interrupts are still off; nothing else touches SCHED yet.
         let s = unsafe { &mut *SCHED.get() };
@@ -213,7 +218,12 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         if i % 5 == 0 {
             rt::print!("\n ");
         }
-        rt::print!(" {}:{}@{}", i + 1, task, progress);
+        rt::print!(
+            " {}:{}@{}",
+            Dec(i as u64 + 1),
+            Dec(task as u64),
+            Dec(progress)
+        );
         fnv(&mut h, task as u64);
         fnv(&mut h, progress);
     }
@@ -227,11 +237,15 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         if check != r {
             status = EXIT_MISMATCH;
         }
-        println!("task {t}: {n} iterations, result {r:#018x} {verdict}");
+        println!(
+            "task {}: {} iterations, result {r:#018x} {verdict}",
+            Dec(t as u64),
+            Dec(n)
+        );
         fnv(&mut h, n);
         fnv(&mut h, r);
     }
-    println!("switches: {}", s.switches);
+    println!("switches: {}", Dec(s.switches));
     println!("checksum: {h:#018x}");
     status
 }
