@@ -307,3 +307,72 @@ fn timer_output_differs_between_live_runs() {
         "two live timer runs printed the same trace"
     );
 }
+
+/// `motion run` feeds `--input` to the UART: serial-echo answers each line.
+#[test]
+fn motion_runs_serial_echo_with_input() {
+    if !common::backend_available("soft") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "Hello, World\nabc xyz\nquit\n").unwrap();
+    let out = common::motion_run(&["--guest", "serial-echo", "--input", input.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("> Uryyb, Jbeyq\n> nop klm\n"), "{text}");
+    assert!(text.contains("quit after 2 lines"), "{text}");
+}
+
+/// Input that ends without `quit`: the guest waits for bytes that never
+/// come, and the monitor says so instead of hanging.
+#[test]
+fn motion_stops_a_guest_waiting_for_input_that_ended() {
+    if !common::backend_available("soft") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "no terminator\n").unwrap();
+    let out = common::motion_run(&["--guest", "serial-echo", "--input", input.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("nothing will raise"), "{err}");
+}
+
+/// Unknown guests, unreadable images and non-PVH ELFs are refused clearly.
+#[test]
+fn motion_run_refuses_bad_guests_clearly() {
+    let out = common::motion_run(&["--guest", "no-such-guest"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("unknown guest \"no-such-guest\""), "{err}");
+    assert!(
+        err.contains("hello, timer, disk"),
+        "lists the bundled guests: {err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let not_elf = dir.path().join("kernel");
+    std::fs::write(&not_elf, b"#!/bin/sh\necho hi\n").unwrap();
+    let out = common::motion_run(&["--guest", not_elf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an ELF file"), "{err}");
+
+    // A real ELF that is not a PVH kernel: the test binary itself.
+    let me = std::env::current_exe().unwrap();
+    let out = common::motion_run(&["--guest", me.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("not a PVH kernel") || err.contains("unsupported ELF"),
+        "{err}"
+    );
+
+    let out = common::motion_run(&["--guest", "hello", "--disk", "/nonexistent/disk.img"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open disk image /nonexistent/disk.img"),
+        "{err}"
+    );
+}
