@@ -75,6 +75,13 @@ impl<'a> AsyncPoint<'a> {
         }
     }
 
+    /// On backends without exact counters (KVM here), how many
+    /// deterministic instruction exits preceded this point: the clock of
+    /// exit-synchronous recording (`vcpu::Vcpu::deterministic_exits`).
+    pub fn deterministic_exits(&self) -> Option<u64> {
+        self.vcpu.deterministic_exits()
+    }
+
     /// The exact timepoint, where the backend counts branches exactly.
     /// Computed on demand (reading registers costs a round trip on KVM).
     pub fn timepoint(&self) -> Option<Timepoint> {
