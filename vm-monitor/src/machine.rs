@@ -117,13 +117,19 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// Limits on a run.
+/// Limits and delivery policy of a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunLimits {
     /// Stop after this much wall-clock time.
     pub wall: Option<Duration>,
     /// Stop after this many VM exits.
     pub exits: Option<u64>,
+    /// Deliver asynchronous inputs only right after instruction exits (and
+    /// before the first entry): the exit-synchronous mode a recorder uses on
+    /// backends without exact counters (`vcpu::CounterMode::ExitSynchronous`),
+    /// where a kick or window exit is not a reproducible point. Live runs
+    /// leave it off so a guest spinning without exits still gets its ticks.
+    pub exit_synchronous: bool,
 }
 
 /// What a run did.
@@ -313,6 +319,7 @@ impl Machine {
             exits: 0,
             interrupts: 0,
             window: vcpu.controls().interrupt_window_exiting,
+            at_deterministic_point: true,
         };
         let stop = loop {
             if let Some(stop) = self.step(vcpu, env, &mut st, &timer, wall_end, limits)? {
@@ -389,8 +396,9 @@ impl Machine {
                 return Ok(Some(StopReason::ExitLimit(max)));
             }
         }
-        let injected = self.deliver_async(vcpu, env, st)?;
-        let waiting = !injected && env.interrupt_waiting()?;
+        let may_deliver = st.at_deterministic_point || !limits.exit_synchronous;
+        let injected = may_deliver && self.deliver_async(vcpu, env, st)?;
+        let waiting = may_deliver && !injected && env.interrupt_waiting()?;
         Self::set_window(vcpu, st, waiting)?;
         let deadline = match (env.next_deadline(), wall_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -400,6 +408,7 @@ impl Machine {
 
         let exit = vcpu.run()?;
         st.exits += 1;
+        st.at_deterministic_point = exit.reason.needs_completion();
         let completion = match (&exit.reason, &exit.info) {
             (ExitReason::IoInstruction, ExitInfo::Io { qual, out_value }) => {
                 let size = qual.size;
@@ -552,6 +561,8 @@ struct RunState {
     exits: u64,
     interrupts: u64,
     window: bool,
+    /// The last exit was an instruction exit (or none happened yet).
+    at_deterministic_point: bool,
 }
 
 /// A thread that kicks the vCPU when the environment's next deadline passes,

@@ -226,6 +226,7 @@ fn run(
     let limits = RunLimits {
         wall: Some(Duration::from_secs(20)),
         exits: None,
+        exit_synchronous: false,
     };
     let out = m.run(&mut v, env, &limits).expect("run");
     // A bad fetch stops the machine at the faulting instruction, unretired.
@@ -418,6 +419,7 @@ fn limits_stop_a_guest_that_never_ends() {
             &RunLimits {
                 wall: None,
                 exits: Some(10),
+                exit_synchronous: false,
             },
         )
         .unwrap();
@@ -468,4 +470,86 @@ fn refuses_a_kernel_that_is_not_pvh() {
     assert!(err.to_string().contains("truncated"), "{err}");
     let err = Machine::new(b"#!/bin/sh\n", &MachineConfig::default()).unwrap_err();
     assert!(err.to_string().contains("not an ELF"), "{err}");
+}
+
+/// An environment that always has an interrupt to deliver.
+struct AlwaysInterrupt;
+
+impl Environment for AlwaysInterrupt {
+    fn port_in(&mut self, _: u16, _: u8) -> Result<u32, vm_monitor::EnvError> {
+        Ok(0)
+    }
+    fn port_out(&mut self, _: u16, _: u8, _: u32) -> Result<(), vm_monitor::EnvError> {
+        Ok(())
+    }
+    fn mmio_read(&mut self, _: u64, _: u8) -> Result<[u8; 16], vm_monitor::EnvError> {
+        Ok([0; 16])
+    }
+    fn mmio_write(&mut self, _: u64, _: &[u8]) -> Result<(), vm_monitor::EnvError> {
+        Ok(())
+    }
+    fn tsc(&mut self) -> Result<u64, vm_monitor::EnvError> {
+        Ok(0)
+    }
+    fn random(
+        &mut self,
+        _: vm_monitor::RandomKind,
+        _: u8,
+    ) -> Result<Option<u64>, vm_monitor::EnvError> {
+        Ok(None)
+    }
+    fn next_async(
+        &mut self,
+        at: &vm_monitor::AsyncPoint<'_>,
+    ) -> Result<Option<vm_monitor::AsyncInput>, vm_monitor::EnvError> {
+        Ok(at
+            .interruptible
+            .then_some(vm_monitor::AsyncInput::Interrupt(0x30)))
+    }
+    fn interrupt_waiting(&mut self) -> Result<bool, vm_monitor::EnvError> {
+        Ok(true)
+    }
+    fn idle(
+        &mut self,
+        _: Option<std::time::Instant>,
+    ) -> Result<vm_monitor::Idle, vm_monitor::EnvError> {
+        Ok(vm_monitor::Idle::Woke)
+    }
+    fn next_deadline(&mut self) -> Option<std::time::Instant> {
+        None
+    }
+}
+
+#[test]
+fn exit_synchronous_runs_deliver_only_after_instruction_exits() {
+    let m = machine();
+    let script = || {
+        vec![
+            exit(ExitReason::ExternalInterrupt, ExitInfo::None),
+            exit(ExitReason::ExternalInterrupt, ExitInfo::None),
+            exit(
+                ExitReason::Cpuid,
+                ExitInfo::Cpuid {
+                    leaf: 0,
+                    subleaf: 0,
+                },
+            ),
+            io(0xf4, 1, Some(0)),
+        ]
+    };
+    // Live policy: before every entry.
+    let mut v = Scripted::new(script());
+    m.run(&mut v, &mut AlwaysInterrupt, &RunLimits::default())
+        .unwrap();
+    assert_eq!(v.injected.len(), 4);
+    // Exit-synchronous: before the first entry and after the CPUID exit
+    // only, never after the two kicks.
+    let mut v = Scripted::new(script());
+    let limits = RunLimits {
+        exit_synchronous: true,
+        ..RunLimits::default()
+    };
+    m.run(&mut v, &mut AlwaysInterrupt, &limits).unwrap();
+    assert_eq!(v.injected.len(), 2);
+    assert!(!v.window_seen, "no window requested at a kick either");
 }

@@ -102,6 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let limits = RunLimits {
         wall: args.timeout.map(Duration::from_secs_f64),
         exits: None,
+        exit_synchronous: false,
     };
     let outcome = crate::cmd::backend::with_vcpu(args.backend, &machine, |vcpu, controls| {
         machine.reset_vcpu(vcpu, controls)?;
