@@ -135,6 +135,13 @@ pub trait Environment: Send {
     /// A handle that makes a running vCPU exit; environments whose inputs
     /// arrive on other threads keep it to kick the vCPU.
     fn set_kicker(&mut self, _kicker: std::sync::Arc<dyn vcpu::Kicker>) {}
+    /// Called right before each entry: a replayer arms the host counter or
+    /// the monitor trap flag here to stop the vCPU at the next recorded
+    /// timepoint (the resulting PMI/MTF exits bring the machine back to
+    /// `next_async`). Live environments do nothing.
+    fn prepare_entry(&mut self, _vcpu: &mut dyn Vcpu) -> Result<(), EnvError> {
+        Ok(())
+    }
 }
 
 /// One input as observed at the boundary, for recorders and tests.
@@ -226,5 +233,8 @@ impl<E: Environment, F: FnMut(&Input) + Send> Environment for Tap<E, F> {
     }
     fn set_kicker(&mut self, kicker: std::sync::Arc<dyn vcpu::Kicker>) {
         self.inner.set_kicker(kicker)
+    }
+    fn prepare_entry(&mut self, vcpu: &mut dyn Vcpu) -> Result<(), EnvError> {
+        self.inner.prepare_entry(vcpu)
     }
 }

@@ -405,6 +405,7 @@ impl Machine {
             (a, b) => a.or(b),
         };
         timer.set(deadline);
+        env.prepare_entry(vcpu)?;
 
         let exit = vcpu.run()?;
         st.exits += 1;
