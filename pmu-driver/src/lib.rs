@@ -2,6 +2,7 @@
 //! timepoints and landing.
 
 pub mod arch;
+pub mod doctor;
 mod error;
 pub mod perf;
 
@@ -13,6 +14,7 @@ pub use counter::{BranchCounter, CounterContext, Overflow};
 pub mod landing;
 pub mod margin;
 
+pub use doctor::{CounterReport, doctor_report};
 pub use landing::{
     LandError, LandOptions, LandStats, LandStep, Phase, abandon, land, timepoint_now,
 };
