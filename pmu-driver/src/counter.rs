@@ -147,7 +147,9 @@ impl BranchCounter {
     /// Branches retired so far.
     pub fn total(&self, bank: &mut dyn PmuBank) -> Result<u64, DriverError> {
         let now = self.pmu.read_counter(bank, self.index)?;
-        Ok(self.base_total + self.pmu.events_between(self.base_counter, now))
+        Ok(self
+            .base_total
+            .wrapping_add(self.pmu.events_between(self.base_counter, now)))
     }
 
     /// Raise a PMI when the total reaches `at` (the counter overflows on the

@@ -172,9 +172,10 @@ impl IntelPmu {
     }
 
     /// Write a counter value, through IA32_A_PMCx where it exists, else
-    /// through IA32_PMCx (which only takes sign-extended 32-bit values: the
-    /// full value is written, so a bank that sign-extends and one that takes
-    /// all bits agree), and check it reads back.
+    /// through IA32_PMCx, which only takes sign-extended 32-bit values: EDX:EAX
+    /// is then written as the 64-bit sign extension of bit 31, which a bank
+    /// that ignores EDX, one that checks it, and one that takes all bits
+    /// read back alike. The value is checked by reading it back.
     pub fn write_counter(
         &self,
         bank: &mut dyn PmuBank,
@@ -183,19 +184,19 @@ impl IntelPmu {
     ) -> Result<(), DriverError> {
         self.check(index)?;
         let value = value & self.caps.counter_mask();
-        let msr = if self.full_width_writes {
-            IA32_A_PMC0 + index as u32
+        let (msr, raw) = if self.full_width_writes {
+            (IA32_A_PMC0 + index as u32, value)
         } else {
-            let low = value as u32 as i32 as i64 as u64 & self.caps.counter_mask();
-            if low != value {
+            let sext = value as u32 as i32 as i64 as u64;
+            if sext & self.caps.counter_mask() != value {
                 return Err(DriverError::ArmDistance {
                     distance: value.wrapping_neg() & self.caps.counter_mask(),
                     max: self.max_arm_distance(),
                 });
             }
-            msr::IA32_PMC0 + index as u32
+            (msr::IA32_PMC0 + index as u32, sext)
         };
-        bank.wrmsr(msr, value)?;
+        bank.wrmsr(msr, raw)?;
         let read = self.read_counter(bank, index)?;
         if read != value {
             return Err(DriverError::Readback {
