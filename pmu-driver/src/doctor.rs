@@ -17,7 +17,7 @@ pub struct HostCpu {
     pub family: u32,
     /// Display model (with the extended model where the SDM/APM say so).
     pub model: u32,
-    /// CPUID.1:ECX[31]: running under a hypervisor.
+    /// CPUID.1:`ECX[31]`: running under a hypervisor.
     pub hypervisor: bool,
     /// CPUID.0AH decoded (Intel's architectural PMU; all zero elsewhere).
     pub arch_perfmon: Option<PmuCaps>,

@@ -18,7 +18,7 @@ pub enum DriverError {
          is not available (EBX bit 5, vector length {ebx_len})"
     )]
     NoBranchEvent {
-        /// CPUID.0AH:EAX[31:24], the length of the EBX bit vector.
+        /// CPUID.0AH:`EAX[31:24]`, the length of the EBX bit vector.
         ebx_len: u8,
     },
     /// CPUID.0AH reports no general-purpose counter.

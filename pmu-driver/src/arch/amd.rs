@@ -1,6 +1,6 @@
 //! The AMD equivalents of what the driver programs on Intel, and where they
 //! differ. CAS Motion's development hosts are AMD EPYC Zen 5 (family 1AH)
-//! under a hypervisor that hides the PMU (CPUID 8000_0001H:ECX[23] = 0,
+//! under a hypervisor that hides the PMU (CPUID 8000_0001H:`ECX[23]` = 0,
 //! 8000_0022H all zero, no `cpu` perf PMU): nothing here can be exercised
 //! against real AMD counters on them, which is why the model in
 //! [`crate::model`] is Intel's and the AMD side is the encoding below,
@@ -8,7 +8,7 @@
 //!
 //! | | Intel (architectural, v2+) | AMD (core PMC) |
 //! |---|---|---|
-//! | discovery | CPUID 0AH: version, #counters, width, event vector | fixed: 4 legacy counters (K7+); 6 with PerfCtrExtCore (CPUID 8000_0001H:ECX[23]); PerfMonV2: CPUID 8000_0022H (EAX[0], EBX[3:0] = #counters) |
+//! | discovery | CPUID 0AH: version, #counters, width, event vector | fixed: 4 legacy counters (K7+); 6 with PerfCtrExtCore (CPUID 8000_0001H:`ECX[23]`); PerfMonV2: CPUID 8000_0022H (`EAX[0]`, `EBX[3:0]` = #counters) |
 //! | event select | IA32_PERFEVTSELx = 186H + x | legacy PerfEvtSel0-3 = C001_0000H + x; extended PerfEvtSel0-5 = C001_0200H + 2x |
 //! | counter | IA32_PMCx = C1H + x (A_PMCx = 4C1H + x full width) | legacy PerfCtr0-3 = C001_0004H + x; extended PerfCtr0-5 = C001_0201H + 2x; 48 bits, writes are full width |
 //! | branches | C4H umask 00H "branch instructions retired" (architectural) | C2H "retired branch instructions" (all, incl. far/interrupt returns); D1H "retired conditional branches" (rr's choice on Zen: deterministic where C2H counts some far transfers inconsistently) |
@@ -125,11 +125,11 @@ pub fn perf_evt_sel(
 /// What an AMD host's CPUID says about its core counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AmdPmuInfo {
-    /// CPUID 8000_0001H:ECX[23] PerfCtrExtCore.
+    /// CPUID 8000_0001H:`ECX[23]` PerfCtrExtCore.
     pub perf_ctr_ext_core: bool,
-    /// CPUID 8000_0022H:EAX[0] PerfMonV2.
+    /// CPUID 8000_0022H:`EAX[0]` PerfMonV2.
     pub perfmon_v2: bool,
-    /// CPUID 8000_0022H:EBX[3:0]: core counters (PerfMonV2 only).
+    /// CPUID 8000_0022H:`EBX[3:0]`: core counters (PerfMonV2 only).
     pub v2_counters: u8,
 }
 

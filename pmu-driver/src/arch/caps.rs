@@ -7,19 +7,19 @@ use crate::error::DriverError;
 /// The architectural performance-monitoring capabilities (CPUID.0AH).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PmuCaps {
-    /// EAX[7:0]: architectural performance monitoring version.
+    /// `EAX[7:0]`: architectural performance monitoring version.
     pub version: u8,
-    /// EAX[15:8]: general-purpose counters per logical processor.
+    /// `EAX[15:8]`: general-purpose counters per logical processor.
     pub gp_counters: u8,
-    /// EAX[23:16]: bit width of the general-purpose counters.
+    /// `EAX[23:16]`: bit width of the general-purpose counters.
     pub gp_width: u8,
-    /// EAX[31:24]: length of the EBX event-availability vector.
+    /// `EAX[31:24]`: length of the EBX event-availability vector.
     pub ebx_len: u8,
     /// EBX: bit i set = architectural event i is *not* available.
     pub unavailable: u32,
-    /// EDX[4:0] (version 2+): fixed-function counters.
+    /// `EDX[4:0]` (version 2+): fixed-function counters.
     pub fixed_counters: u8,
-    /// EDX[12:5] (version 2+): bit width of the fixed-function counters.
+    /// `EDX[12:5]` (version 2+): bit width of the fixed-function counters.
     pub fixed_width: u8,
 }
 

@@ -21,9 +21,9 @@ use crate::arch::{IA32_A_PMC0, PmuCaps};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
-    /// General-purpose counters (CPUID.0AH:EAX[15:8]).
+    /// General-purpose counters (CPUID.0AH:`EAX[15:8]`).
     pub counters: u8,
-    /// Counter width in bits (CPUID.0AH:EAX[23:16]).
+    /// Counter width in bits (CPUID.0AH:`EAX[23:16]`).
     pub width: u8,
     /// IA32_A_PMCx exist (IA32_PERF_CAPABILITIES bit 13).
     pub full_width_writes: bool,
