@@ -73,6 +73,11 @@ impl<I: Interface> Client<I> {
         self
     }
 
+    /// Give the endpoint back (e.g. to read what is left on it raw).
+    pub fn into_endpoint(self) -> Endpoint {
+        self.ep
+    }
+
     /// The channel this client is bound to.
     pub fn info(&self) -> &EndpointInfo {
         self.ep.info()

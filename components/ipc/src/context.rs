@@ -7,6 +7,16 @@ use crate::endpoint::{Endpoint, EndpointInfo, Role};
 use crate::interface::Interface;
 use crate::{Client, IpcError, Server, ShutdownSignal};
 
+/// What a component's entry function returns: `Err` ends the component as
+/// failed (and its domain with it; the supervisor then applies the domain's
+/// restart policy).
+pub type ComponentResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A component's entry function. The binary maps component names to these
+/// (`motion_runtime::Registry`); the runtime calls one per component, on its
+/// own thread, with the component's context.
+pub type EntryFn = fn(ComponentContext) -> ComponentResult;
+
 /// A component's view of the system: exactly the channel ends declared for it
 /// in the system description, the capabilities its domain grants, and the
 /// paths of the resources those capabilities name. The runtime builds one per

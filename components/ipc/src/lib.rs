@@ -42,7 +42,7 @@ pub mod shutdown;
 mod transport_tests;
 
 pub use client::Client;
-pub use context::ComponentContext;
+pub use context::{ComponentContext, ComponentResult, EntryFn};
 pub use endpoint::{Endpoint, EndpointInfo, Role};
 pub use error::{IpcError, Rejection};
 pub use frame::{HEADER_SIZE, Kind, MAX_MESSAGE_SIZE, MAX_PAYLOAD_SIZE, RequestId};

@@ -51,6 +51,11 @@ impl<I: Interface> Server<I> {
         })
     }
 
+    /// Give the endpoint back (e.g. to read what is left on it raw).
+    pub fn into_endpoint(self) -> Endpoint {
+        self.ep
+    }
+
     /// The channel this server is bound to.
     pub fn info(&self) -> &EndpointInfo {
         self.ep.info()

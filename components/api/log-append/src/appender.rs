@@ -156,13 +156,22 @@ impl Appender {
     }
 
     /// Flush and seal the log.
-    pub fn seal(mut self) -> Result<Ack, AppendError> {
+    pub fn seal(&mut self) -> Result<Ack, AppendError> {
         self.settle()?;
         let reply = self.client.call(&Request::Seal)??;
         match reply {
-            Reply::Sealed(ack) => Ok(ack),
+            Reply::Sealed(ack) => {
+                self.ack = ack;
+                Ok(ack)
+            }
             other => Err(AppendError::UnexpectedReply(Box::new(other))),
         }
+    }
+
+    /// The client back, with every batch acknowledged first.
+    pub fn into_client(mut self) -> Result<Client<LogAppend>, AppendError> {
+        self.settle()?;
+        Ok(self.client)
     }
 
     fn settle(&mut self) -> Result<(), AppendError> {
