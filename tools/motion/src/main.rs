@@ -22,12 +22,23 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// The system description (system.toml).
+    #[command(subcommand)]
+    System(cmd::system::SystemCmd),
+    /// Report what this host offers (KVM, PMU, single-step, QEMU) and which backends work.
+    Doctor {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
+        Command::System(c) => cmd::system::run(c),
+        Command::Doctor { json } => cmd::doctor::run(json),
     };
     match result {
         Ok(code) => code,
