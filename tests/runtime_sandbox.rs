@@ -163,7 +163,6 @@ fn start(
         registry,
         RuntimeConfig {
             mode,
-            host_domain: Some("host".into()),
             resources,
             ..RuntimeConfig::default()
         },
@@ -460,6 +459,9 @@ fn quitter(_ctx: ComponentContext) -> ComponentResult {
 
 /// Runs until asked to stop.
 fn idler(ctx: ComponentContext) -> ComponentResult {
+    if ctx.channels().next().is_some() {
+        return Err("the control channel was handed to the component".into());
+    }
     while !ctx.shutdown().is_requested() {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -470,6 +472,7 @@ fn idler(ctx: ComponentContext) -> ComponentResult {
 
 fn undeclared_channel_cannot_be_used(registry: &Registry, mode: Mode) {
     let graph = SystemGraph {
+        supervisor: Some("host".into()),
         domains: vec![
             host(),
             domain("d-census", &["census"], vec![], RestartPolicy::Never),
@@ -531,6 +534,7 @@ fn undeclared_channel_cannot_be_used(registry: &Registry, mode: Mode) {
 
 fn opener_graph() -> SystemGraph {
     SystemGraph {
+        supervisor: Some("host".into()),
         domains: vec![
             host(),
             domain("d-rogue", &["opener"], vec![], RestartPolicy::Never),
@@ -586,6 +590,7 @@ fn read_only_capability(registry: &Registry) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.txt"), "hello from the log dir").unwrap();
     let graph = SystemGraph {
+        supervisor: Some("host".into()),
         domains: vec![
             host(),
             domain(
@@ -616,6 +621,7 @@ fn read_only_capability(registry: &Registry) {
 /// answer; the transcript must not depend on the transport.
 fn round_trip_transcript(registry: &Registry, mode: Mode) -> Vec<String> {
     let graph = SystemGraph {
+        supervisor: Some("host".into()),
         domains: vec![
             host(),
             domain("d-store", &["mem-log"], vec![], RestartPolicy::Never),
@@ -761,6 +767,7 @@ fn round_trip_same_in_both_modes(registry: &Registry) {
 
 fn restart_keeps_channels(registry: &Registry, mode: Mode) {
     let graph = SystemGraph {
+        supervisor: Some("host".into()),
         domains: vec![
             host(),
             domain(
@@ -804,7 +811,7 @@ fn restart_keeps_channels(registry: &Registry, mode: Mode) {
             e,
             SupervisorEvent::Restarting {
                 restart: 1,
-                max_restarts: 1,
+                max_restarts: Some(1),
                 ..
             }
         )
@@ -835,14 +842,22 @@ fn restart_keeps_channels(registry: &Registry, mode: Mode) {
 
 fn failure_health_shutdown(registry: &Registry, mode: Mode) {
     let graph = SystemGraph {
+        supervisor: Some("host".into()),
         domains: vec![
             host(),
             domain("d-idle", &["idler"], vec![], RestartPolicy::Never),
             domain("d-quit", &["quitter"], vec![], RestartPolicy::Never),
         ],
-        channels: vec![],
+        // The runtime serves this one itself (the domain's control channel):
+        // `idler` gets no endpoint for it.
+        channels: vec![channel("supervise-idle", "Supervisor", "probe", "idler")],
     };
-    let (rt, _probe) = start(&graph, registry, mode, BTreeMap::new());
+    let (rt, probe) = start(&graph, registry, mode, BTreeMap::new());
+    assert_eq!(
+        probe.channels().count(),
+        0,
+        "the runtime drives supervise-idle"
+    );
     let mut w = Watch::new(&rt);
     let outcome = w.exited("d-quit", 0);
     let DomainOutcome::Failed {

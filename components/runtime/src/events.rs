@@ -108,8 +108,8 @@ pub enum SupervisorEvent {
         domain: String,
         /// Restarts so far, this one included.
         restart: u32,
-        /// The policy's limit.
-        max_restarts: u32,
+        /// The policy's limit (`None`: restart always).
+        max_restarts: Option<u32>,
     },
     /// The domain is down for good; its channel ends are closed, so its
     /// peers now see it disconnected.
@@ -189,11 +189,16 @@ impl fmt::Display for SupervisorEvent {
             SupervisorEvent::Restarting {
                 domain,
                 restart,
-                max_restarts,
+                max_restarts: Some(max),
             } => write!(
                 f,
-                "restarting domain `{domain}` (restart {restart} of {max_restarts})"
+                "restarting domain `{domain}` (restart {restart} of {max})"
             ),
+            SupervisorEvent::Restarting {
+                domain,
+                restart,
+                max_restarts: None,
+            } => write!(f, "restarting domain `{domain}` (restart {restart})"),
             SupervisorEvent::Down { domain, failed } => {
                 if *failed {
                     write!(f, "domain `{domain}` is down (failed, not restarted)")

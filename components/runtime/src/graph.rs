@@ -1,88 +1,16 @@
 //! The part of the system description the runtime needs: domains with their
-//! components, grants and restart policy, and channels between components.
+//! components, grants and restart policy, channels between components, and
+//! which domain is the supervisor.
 //!
-//! `motion-system` owns parsing and validation of `system.toml`; this is the
-//! runtime's own small model, filled from that crate's typed model (or built
-//! directly by tests). The runtime still re-checks the few rules it relies on
+//! `motion-system` owns parsing and validation of `system.toml`
+//! ([`SystemGraph::from_system`] takes its validated model); tests build a
+//! graph directly. Capabilities and restart policies are `motion-system`'s
+//! types. The runtime still re-checks the few rules it relies on
 //! ([`SystemGraph::check`]), since it hands out endpoints and sandboxes from it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
-/// How a file resource may be used (`Write` includes reading).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Access {
-    /// Read only.
-    Read,
-    /// Read and write.
-    Write,
-}
-
-/// What a domain's process may touch beyond its memory and its endpoints.
-/// Spelled as in `system.toml` (`kvm`, `log-dir:write`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Capability {
-    /// `/dev/kvm`.
-    Kvm,
-    /// Hardware performance counters (perf_event_open).
-    Pmu,
-    /// The runtime's standard output (otherwise the domain's is /dev/null).
-    Stdout,
-    /// The log directory.
-    LogDir(Access),
-    /// The guest kernel image (read only).
-    GuestImage,
-    /// The guest's disk image.
-    DiskImage(Access),
-}
-
-impl Capability {
-    /// The resource name (what [`RuntimeConfig::resources`](crate::RuntimeConfig::resources) maps to a path).
-    pub fn resource(self) -> &'static str {
-        match self {
-            Capability::Kvm => "kvm",
-            Capability::Pmu => "pmu",
-            Capability::Stdout => "stdout",
-            Capability::LogDir(_) => "log-dir",
-            Capability::GuestImage => "guest-image",
-            Capability::DiskImage(_) => "disk-image",
-        }
-    }
-
-    /// File access, for file resources.
-    pub fn access(self) -> Option<Access> {
-        match self {
-            Capability::LogDir(a) | Capability::DiskImage(a) => Some(a),
-            Capability::GuestImage => Some(Access::Read),
-            Capability::Kvm | Capability::Pmu | Capability::Stdout => None,
-        }
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.access() {
-            Some(Access::Read) => write!(f, "{}:read", self.resource()),
-            Some(Access::Write) => write!(f, "{}:write", self.resource()),
-            None => f.write_str(self.resource()),
-        }
-    }
-}
-
-/// What the supervisor does when a domain's process ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RestartPolicy {
-    /// Leave it down (its channels close, so its peers see it gone).
-    Never,
-    /// Restart after a crash or failure, at most `max_restarts` times; a
-    /// domain that finishes cleanly stays down.
-    OnFailure {
-        /// Restarts allowed over the runtime's life.
-        max_restarts: u32,
-    },
-}
+pub use motion_system::{Access, Capability, RestartPolicy};
 
 /// A domain: one OS process (or one group of threads in threaded mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +45,11 @@ pub struct SystemGraph {
     pub domains: Vec<DomainDesc>,
     /// The channels.
     pub channels: Vec<ChannelDesc>,
+    /// The supervisor domain: the runtime's own process. Its components are
+    /// not started (see [`RuntimeConfig::host_domain`](crate::RuntimeConfig::host_domain)),
+    /// and its `Supervisor` channels to other domains are their control
+    /// channels, served by the runtime inside each domain.
+    pub supervisor: Option<String>,
 }
 
 /// A graph the runtime refuses to start.
@@ -154,6 +87,12 @@ pub enum GraphError {
         /// The component.
         component: String,
     },
+    /// A domain named as supervisor or host does not exist.
+    #[error("no domain `{domain}`")]
+    UnknownDomain {
+        /// The name.
+        domain: String,
+    },
     /// A domain with no components.
     #[error("domain `{domain}` has no components")]
     EmptyDomain {
@@ -163,6 +102,33 @@ pub enum GraphError {
 }
 
 impl SystemGraph {
+    /// The runtime's view of a validated `system.toml`.
+    pub fn from_system(system: &motion_system::System) -> SystemGraph {
+        SystemGraph {
+            domains: system
+                .domains()
+                .iter()
+                .map(|d| DomainDesc {
+                    name: d.name.clone(),
+                    components: d.components.clone(),
+                    grants: d.grants.clone(),
+                    restart: d.restart,
+                })
+                .collect(),
+            channels: system
+                .channels()
+                .iter()
+                .map(|c| ChannelDesc {
+                    name: c.name.clone(),
+                    interface: c.interface.clone(),
+                    client: c.client.clone(),
+                    server: c.server.clone(),
+                })
+                .collect(),
+            supervisor: Some(system.supervisor().name.clone()),
+        }
+    }
+
     /// Check what the runtime relies on: unique names, channel ends that
     /// exist, known interfaces.
     pub fn check(&self) -> Result<(), GraphError> {
@@ -187,6 +153,11 @@ impl SystemGraph {
                         name: c.clone(),
                     });
                 }
+            }
+        }
+        if let Some(s) = &self.supervisor {
+            if !domains.contains(s.as_str()) {
+                return Err(GraphError::UnknownDomain { domain: s.clone() });
             }
         }
         let mut channels = BTreeSet::new();
@@ -263,6 +234,7 @@ mod tests {
                 client: "vm-monitor".into(),
                 server: "log-store".into(),
             }],
+            supervisor: None,
         }
     }
 
@@ -296,15 +268,25 @@ mod tests {
         let mut g = graph();
         g.channels[0].server = "vm-monitor".into();
         assert!(matches!(g.check(), Err(GraphError::SelfChannel { .. })));
+        let mut g = graph();
+        g.supervisor = Some("nowhere".into());
+        assert!(matches!(g.check(), Err(GraphError::UnknownDomain { .. })));
     }
 
     #[test]
-    fn capabilities_spell_like_system_toml() {
-        assert_eq!(
-            Capability::LogDir(Access::Write).to_string(),
-            "log-dir:write"
+    fn the_projects_system_toml_converts() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../system.toml");
+        let system = motion_system::load(path.as_ref(), motion_ipc::INTERFACE_NAMES).unwrap();
+        let g = SystemGraph::from_system(&system);
+        g.check().unwrap();
+        assert_eq!(g.supervisor.as_deref(), Some("supervisor"));
+        let log = g.domain_of("log-store").unwrap();
+        assert_eq!(log.grants, [Capability::LogDir(Access::Write)]);
+        assert_eq!(log.restart, RestartPolicy::OnFailure { max_restarts: 3 });
+        assert!(
+            g.channels
+                .iter()
+                .any(|c| c.name == "record" && c.interface == "LogAppend")
         );
-        assert_eq!(Capability::GuestImage.to_string(), "guest-image:read");
-        assert_eq!(Capability::Kvm.to_string(), "kvm");
     }
 }

@@ -30,9 +30,15 @@
 //! * **Threads** ([`Mode::Threads`]): the same graph in one process, each
 //!   domain's components on threads, with in-process channels and no sandbox
 //!   (for tests and debugging).
-//! * **Host domain**: optionally one domain is the caller itself; its
+//! * **Host domain**: the supervisor domain of `system.toml` (or another
+//!   chosen in [`RuntimeConfig::host_domain`]) is the caller itself; its
 //!   components are not started, their contexts are handed to the caller
-//!   ([`Runtime::take_host_context`]), e.g. for the CLI to talk to the log store.
+//!   ([`Runtime::take_host_context`]), e.g. for the CLI to talk to the log
+//!   store. Its `Supervisor` channels to the other domains are those
+//!   domains' control channels: the runtime serves them inside each domain
+//!   (ping, health, shutdown) and drives them through [`Runtime::ping`],
+//!   [`Runtime::health`] and [`Runtime::shutdown`]; no component gets an
+//!   endpoint for them.
 //! * **Supervision** (Hubris jefe style): a watcher per domain reports every
 //!   start and end on [`Runtime::events`] (and through `tracing`), and
 //!   restarts per the domain's [`RestartPolicy`]. The supervisor holds on to

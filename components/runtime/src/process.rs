@@ -53,7 +53,8 @@ pub(crate) struct Boot {
     pub generation: u32,
     pub components: Vec<String>,
     pub endpoints: Vec<BootEndpoint>,
-    pub grants: Vec<Capability>,
+    /// Capabilities, as spelled in `system.toml`.
+    pub grants: Vec<String>,
     pub resources: BTreeMap<String, PathBuf>,
 }
 
@@ -106,7 +107,11 @@ pub(crate) fn spawn(
         slot.fd = target;
     }
 
-    let stdout = if boot.grants.contains(&Capability::Stdout) {
+    let stdout = if boot
+        .grants
+        .iter()
+        .any(|g| g.parse() == Ok(Capability::Stdout))
+    {
         Stdio::inherit()
     } else {
         Stdio::null()
@@ -379,14 +384,21 @@ fn setup(
         list.push(Endpoint::new(be.info.clone(), Link::Seqpacket(link)));
     }
 
+    let capabilities = boot
+        .grants
+        .iter()
+        .map(|g| g.parse::<Capability>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad grant in boot message: {e}"))?;
+
     init_tracing(name);
     install_panic_hook(name);
 
-    let grants: Vec<String> = boot.grants.iter().map(ToString::to_string).collect();
+    let grants = boot.grants.clone();
     let resources: BTreeMap<String, PathBuf> = boot
         .resources
         .iter()
-        .filter(|(r, _)| boot.grants.iter().any(|g| g.resource() == r.as_str()))
+        .filter(|(r, _)| capabilities.iter().any(|g| g.resource() == r.as_str()))
         .map(|(r, p)| (r.clone(), p.clone()))
         .collect();
     let shutdown = ShutdownSignal::new();
@@ -404,7 +416,7 @@ fn setup(
         })
         .collect();
 
-    seccomp::install(&boot.grants)
+    seccomp::install(&capabilities)
         .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     Ok((contexts, shutdown))
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use motion_ipc::endpoint::Transport;
-use motion_ipc::{Client, ComponentContext, Endpoint, ShutdownSignal};
+use motion_ipc::{Client, ComponentContext, Endpoint, Interface, ShutdownSignal};
 use supervisor_api::{DomainHealth, Reply, Request, Supervisor};
 
 use crate::events::{DomainOutcome, Events, SupervisorEvent};
@@ -36,7 +36,8 @@ pub struct RuntimeConfig {
     /// Processes or threads.
     pub mode: Mode,
     /// A domain whose components are the caller: not started, their
-    /// contexts are handed out by [`Runtime::take_host_context`].
+    /// contexts are handed out by [`Runtime::take_host_context`]. Defaults
+    /// to the graph's supervisor domain.
     pub host_domain: Option<String>,
     /// Where granted resources are: resource name (`log-dir`, `guest-image`,
     /// `disk-image`) → path. A domain's components see only the paths of
@@ -130,7 +131,10 @@ impl Runtime {
         config: RuntimeConfig,
     ) -> Result<Runtime, RuntimeError> {
         graph.check()?;
-        let host = config.host_domain.as_deref();
+        let host = config
+            .host_domain
+            .as_deref()
+            .or(graph.supervisor.as_deref());
         if let Some(h) = host {
             if !graph.domains.iter().any(|d| d.name == h) {
                 return Err(RuntimeError::NoSuchDomain {
@@ -178,6 +182,10 @@ impl Runtime {
             .collect();
         for ch in &graph.channels {
             let (cd, sd) = (placement[ch.client.as_str()], placement[ch.server.as_str()]);
+            if ch.interface == Supervisor::NAME && Some(cd) == host && Some(sd) != host {
+                // The domain's control channel: served by the runtime's agent.
+                continue;
+            }
             let transport = match config.mode {
                 Mode::Threads => Transport::InProcess,
                 _ if Some(cd) == host && Some(sd) == host => Transport::InProcess,
@@ -439,7 +447,7 @@ fn watch(shared: &Shared, slot: &Slot, endpoints: Vec<Endpoint>) {
         if shared.stopping() {
             break failure;
         }
-        match slot.desc.restart {
+        let max_restarts = match slot.desc.restart {
             RestartPolicy::Never => break failure,
             RestartPolicy::OnFailure { max_restarts } => {
                 if !failure {
@@ -448,26 +456,28 @@ fn watch(shared: &Shared, slot: &Slot, endpoints: Vec<Endpoint>) {
                 if restarts >= max_restarts {
                     break true;
                 }
-                restarts += 1;
-                shared.emit(SupervisorEvent::Restarting {
-                    domain: domain.clone(),
-                    restart: restarts,
-                    max_restarts,
-                });
-                let pause = shared
-                    .backoff
-                    .saturating_mul(1 << (restarts - 1).min(16))
-                    .min(MAX_BACKOFF);
-                let until = Instant::now() + pause;
-                while Instant::now() < until && !shared.stopping() {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if shared.stopping() {
-                    break true;
-                }
-                generation += 1;
+                Some(max_restarts)
             }
+            RestartPolicy::Always => None,
+        };
+        restarts = restarts.saturating_add(1);
+        shared.emit(SupervisorEvent::Restarting {
+            domain: domain.clone(),
+            restart: restarts,
+            max_restarts,
+        });
+        let pause = shared
+            .backoff
+            .saturating_mul(1 << (restarts - 1).min(16))
+            .min(MAX_BACKOFF);
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !shared.stopping() {
+            std::thread::sleep(Duration::from_millis(5));
         }
+        if shared.stopping() {
+            break failure;
+        }
+        generation += 1;
     };
     // Closing our copies of the domain's ends tells its peers it is gone.
     drop(endpoints);
@@ -553,7 +563,7 @@ fn run_process(
                 fd: -1,
             })
             .collect(),
-        grants: d.grants.clone(),
+        grants: d.grants.iter().map(Capability::to_string).collect(),
         resources: granted_resources(&d.grants, &shared.resources),
     };
     let mut spawned = match process::spawn(&shared.exe, boot, endpoints) {
