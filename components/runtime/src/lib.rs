@@ -63,7 +63,7 @@ pub use graph::{
     Access, Capability, ChannelDesc, DomainDesc, GraphError, RestartPolicy, SystemGraph,
 };
 #[cfg(target_os = "linux")]
-pub use process::{DOMAIN_ARG, run_domain_if_requested};
+pub use process::{DOMAIN_ARG, fuzz_boot, fuzz_exit_note, fuzz_seeds, run_domain_if_requested};
 pub use registry::Registry;
 pub use runtime::{Mode, Runtime, RuntimeConfig};
 

@@ -227,13 +227,8 @@ pub(crate) fn take_exit_note(control: Endpoint) -> Option<DomainOutcome> {
     let mut control = control;
     let mut note = None;
     while let Ok(bytes) = control.recv_raw(Some(Duration::ZERO)) {
-        let Ok(f) = frame::parse(&bytes, bytes.len()) else {
-            continue;
-        };
-        if f.interface == RUNTIME_FRAME_ID && f.kind == Kind::Notify {
-            if let Ok(n) = frame::decode_payload::<ExitNote>(f.payload) {
-                note = Some(n.outcome);
-            }
+        if let Some(outcome) = decode_exit_note(&bytes) {
+            note = Some(outcome);
         }
     }
     note
@@ -353,43 +348,19 @@ fn setup(
     let raw = control
         .recv_raw(Some(BOOT_TIMEOUT))
         .map_err(|e| format!("no boot message: {e}"))?;
-    let f = frame::parse(&raw, raw.len()).map_err(|e| format!("bad boot message: {e}"))?;
-    if f.interface != RUNTIME_FRAME_ID || f.kind != Kind::Notify {
-        return Err("first control message is not a boot message".into());
-    }
-    let boot: Boot =
-        frame::decode_payload(f.payload).map_err(|e| format!("bad boot message: {e}"))?;
-    if boot.domain != name {
-        return Err(format!("boot message is for domain `{}`", boot.domain));
-    }
+    let (boot, capabilities) = decode_boot(&raw, name)?;
 
     let mut by_component: BTreeMap<&str, Vec<Endpoint>> = boot
         .components
         .iter()
         .map(|c| (c.as_str(), Vec::new()))
         .collect();
-    let max_fd = FIRST_ENDPOINT_FD + RawFd::try_from(boot.endpoints.len()).unwrap_or(0);
-    let mut seen = std::collections::BTreeSet::new();
     for be in &boot.endpoints {
-        if !(FIRST_ENDPOINT_FD..max_fd).contains(&be.fd) || !seen.insert(be.fd) {
-            return Err(format!("endpoint descriptor {} out of place", be.fd));
-        }
-        let Some(list) = by_component.get_mut(be.info.local.as_str()) else {
-            return Err(format!(
-                "endpoint of channel `{}` is for `{}`, not a component of this domain",
-                be.info.channel, be.info.local
-            ));
-        };
         let link = adopt_fd(be.fd).map_err(|e| format!("endpoint descriptor {}: {e}", be.fd))?;
-        list.push(Endpoint::new(be.info.clone(), Link::Seqpacket(link)));
+        if let Some(list) = by_component.get_mut(be.info.local.as_str()) {
+            list.push(Endpoint::new(be.info.clone(), Link::Seqpacket(link)));
+        }
     }
-
-    let capabilities = boot
-        .grants
-        .iter()
-        .map(|g| g.parse::<Capability>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad grant in boot message: {e}"))?;
 
     init_tracing(name);
     install_panic_hook(name);
@@ -419,6 +390,138 @@ fn setup(
     seccomp::install(&capabilities)
         .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     Ok((contexts, shutdown))
+}
+
+/// Check and decode the boot message meant for domain `name`: every
+/// endpoint at its own descriptor in the endpoint range and owned by a
+/// component of the domain, every grant a known capability.
+pub(crate) fn decode_boot(raw: &[u8], name: &str) -> Result<(Boot, Vec<Capability>), String> {
+    let f = frame::parse(raw, raw.len()).map_err(|e| format!("bad boot message: {e}"))?;
+    if f.interface != RUNTIME_FRAME_ID || f.kind != Kind::Notify {
+        return Err("first control message is not a boot message".into());
+    }
+    let boot: Boot =
+        frame::decode_payload(f.payload).map_err(|e| format!("bad boot message: {e}"))?;
+    if boot.domain != name {
+        return Err(format!("boot message is for domain `{}`", boot.domain));
+    }
+    let end_fd = RawFd::try_from(boot.endpoints.len())
+        .ok()
+        .and_then(|n| FIRST_ENDPOINT_FD.checked_add(n))
+        .ok_or("too many endpoints")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for be in &boot.endpoints {
+        if !(FIRST_ENDPOINT_FD..end_fd).contains(&be.fd) || !seen.insert(be.fd) {
+            return Err(format!("endpoint descriptor {} out of place", be.fd));
+        }
+        if !boot.components.contains(&be.info.local) {
+            return Err(format!(
+                "endpoint of channel `{}` is for `{}`, not a component of this domain",
+                be.info.channel, be.info.local
+            ));
+        }
+    }
+    let capabilities = boot
+        .grants
+        .iter()
+        .map(|g| g.parse::<Capability>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad grant in boot message: {e}"))?;
+    Ok((boot, capabilities))
+}
+
+/// The exit note in one message from a domain (`None` for anything else).
+pub(crate) fn decode_exit_note(raw: &[u8]) -> Option<DomainOutcome> {
+    let f = frame::parse(raw, raw.len()).ok()?;
+    if f.interface != RUNTIME_FRAME_ID || f.kind != Kind::Notify {
+        return None;
+    }
+    frame::decode_payload::<ExitNote>(f.payload)
+        .ok()
+        .map(|n| n.outcome)
+}
+
+/// Fuzz entry: the boot message decoder (a domain's first input).
+#[doc(hidden)]
+pub fn fuzz_boot(data: &[u8]) {
+    if let Ok((boot, caps)) = decode_boot(data, "d") {
+        assert_eq!(boot.domain, "d");
+        assert_eq!(caps.len(), boot.grants.len());
+    }
+}
+
+/// Fuzz entry: the exit-note decoder (the supervisor reading what a
+/// possibly compromised domain left behind).
+#[doc(hidden)]
+pub fn fuzz_exit_note(data: &[u8]) {
+    if let Some(outcome) = decode_exit_note(data) {
+        let _ = outcome.is_failure();
+    }
+}
+
+/// Valid inputs for the two fuzz entries above (a boot message for domain
+/// `d`, exit notes), to seed corpora.
+#[doc(hidden)]
+pub fn fuzz_seeds() -> Vec<Vec<u8>> {
+    let info = EndpointInfo {
+        channel: "record".into(),
+        interface: "LogAppend".into(),
+        interface_id: 1,
+        local: "a".into(),
+        peer: "log-store".into(),
+        role: Role::Client,
+    };
+    let boot = Boot {
+        domain: "d".into(),
+        generation: 1,
+        components: vec!["a".into(), "b".into()],
+        endpoints: vec![
+            BootEndpoint {
+                info: info.clone(),
+                fd: FIRST_ENDPOINT_FD,
+            },
+            BootEndpoint {
+                info: info.reversed(),
+                fd: FIRST_ENDPOINT_FD + 1,
+            },
+        ],
+        grants: vec!["log-dir:write".into(), "stdout".into()],
+        resources: BTreeMap::from([("log-dir".into(), PathBuf::from("/var/log/motion"))]),
+    };
+    let mut seeds = Vec::new();
+    let mut buf = Vec::new();
+    if frame::encode_into(&mut buf, Kind::Notify, RUNTIME_FRAME_ID, 0, &boot).is_ok() {
+        seeds.push(buf.clone());
+    }
+    for outcome in [
+        DomainOutcome::Finished,
+        DomainOutcome::Failed {
+            component: Some("a".into()),
+            error: "disk full".into(),
+            exit_code: None,
+        },
+        DomainOutcome::Panicked {
+            component: None,
+            message: "index out of bounds".into(),
+        },
+        DomainOutcome::Killed { signal: 31 },
+        DomainOutcome::BootFailed {
+            error: "no boot".into(),
+        },
+    ] {
+        if frame::encode_into(
+            &mut buf,
+            Kind::Notify,
+            RUNTIME_FRAME_ID,
+            0,
+            &ExitNote { outcome },
+        )
+        .is_ok()
+        {
+            seeds.push(buf.clone());
+        }
+    }
+    seeds
 }
 
 /// Report panics in one line without a backtrace: capturing one reads
@@ -456,4 +559,104 @@ fn init_tracing(domain: &str) {
         .with_writer(io::stderr)
         .try_init();
     tracing::debug!(domain, "domain process up");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot() -> Boot {
+        let info = |local: &str| EndpointInfo {
+            channel: format!("{local}-ch"),
+            interface: "LogAppend".into(),
+            interface_id: 1,
+            local: local.into(),
+            peer: "elsewhere".into(),
+            role: Role::Client,
+        };
+        Boot {
+            domain: "d".into(),
+            generation: 0,
+            components: vec!["a".into(), "b".into()],
+            endpoints: vec![
+                BootEndpoint {
+                    info: info("a"),
+                    fd: 4,
+                },
+                BootEndpoint {
+                    info: info("b"),
+                    fd: 5,
+                },
+            ],
+            grants: vec!["log-dir:read".into(), "stdout".into()],
+            resources: BTreeMap::new(),
+        }
+    }
+
+    fn encode(b: &Boot) -> Vec<u8> {
+        let mut buf = Vec::new();
+        frame::encode_into(&mut buf, Kind::Notify, RUNTIME_FRAME_ID, 0, b).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_boot_message_decodes_and_each_check_bites() {
+        let (b, caps) = decode_boot(&encode(&boot()), "d").unwrap();
+        assert_eq!(b.endpoints.len(), 2);
+        assert_eq!(
+            caps,
+            [
+                Capability::LogDir(motion_system::Access::Read),
+                Capability::Stdout
+            ]
+        );
+
+        let e = decode_boot(&encode(&boot()), "other").unwrap_err();
+        assert!(e.contains("for domain `d`"), "{e}");
+        let mut b = boot();
+        b.endpoints[1].fd = 3;
+        assert!(
+            decode_boot(&encode(&b), "d")
+                .unwrap_err()
+                .contains("out of place")
+        );
+        let mut b = boot();
+        b.endpoints[1].fd = 4;
+        assert!(
+            decode_boot(&encode(&b), "d")
+                .unwrap_err()
+                .contains("out of place")
+        );
+        let mut b = boot();
+        b.endpoints[0].info.local = "intruder".into();
+        assert!(
+            decode_boot(&encode(&b), "d")
+                .unwrap_err()
+                .contains("not a component")
+        );
+        let mut b = boot();
+        b.grants.push("root".into());
+        assert!(
+            decode_boot(&encode(&b), "d")
+                .unwrap_err()
+                .contains("bad grant")
+        );
+        assert!(decode_boot(b"junk", "d").is_err());
+    }
+
+    #[test]
+    fn exit_notes_decode_and_other_frames_do_not() {
+        let mut buf = Vec::new();
+        let note = ExitNote {
+            outcome: DomainOutcome::Panicked {
+                component: Some("c".into()),
+                message: "m".into(),
+            },
+        };
+        frame::encode_into(&mut buf, Kind::Notify, RUNTIME_FRAME_ID, 0, &note).unwrap();
+        assert_eq!(decode_exit_note(&buf), Some(note.outcome.clone()));
+        frame::encode_into(&mut buf, Kind::Reply, 5, 1, &note).unwrap();
+        assert_eq!(decode_exit_note(&buf), None);
+        assert_eq!(decode_exit_note(b"CM"), None);
+    }
 }
