@@ -23,8 +23,8 @@ use motion_ipc::{
     Client, ComponentContext, ComponentResult, Interface, IpcError, Rejection, Server,
 };
 use motion_runtime::{
-    Access, Capability, ChannelDesc, DomainDesc, DomainOutcome, Events, Mode, Registry,
-    RestartPolicy, Runtime, RuntimeConfig, SupervisorEvent, SystemGraph,
+    Access, Capability, ChannelDesc, DomainDesc, DomainOutcome, Events, Mode, OnViolation,
+    Registry, RestartPolicy, Runtime, RuntimeConfig, SupervisorEvent, SystemGraph,
 };
 use pmu_api::Pmu;
 use vcpu::Timepoint;
@@ -51,6 +51,10 @@ fn main() -> ExitCode {
         (
             "forbidden_syscall_kills_the_domain_with_sigsys",
             forbidden_syscall_kills_the_domain,
+        ),
+        (
+            "report_mode_names_the_forbidden_syscall",
+            report_mode_names_the_syscall,
         ),
         (
             "the_same_component_is_not_killed_without_a_sandbox",
@@ -158,12 +162,23 @@ fn start(
     mode: Mode,
     resources: BTreeMap<String, PathBuf>,
 ) -> (Runtime, ComponentContext) {
+    start_with(graph, registry, mode, resources, OnViolation::Kill)
+}
+
+fn start_with(
+    graph: &SystemGraph,
+    registry: &Registry,
+    mode: Mode,
+    resources: BTreeMap<String, PathBuf>,
+    on_violation: OnViolation,
+) -> (Runtime, ComponentContext) {
     let mut rt = Runtime::start(
         graph,
         registry,
         RuntimeConfig {
             mode,
             resources,
+            on_violation,
             ..RuntimeConfig::default()
         },
     )
@@ -572,6 +587,67 @@ fn forbidden_syscall_kills_the_domain(registry: &Registry) {
     let e = reports.recv_timeout(LONG).unwrap_err();
     assert!(matches!(e, IpcError::Disconnected { .. }), "{e}");
     rt.shutdown(LONG).unwrap();
+}
+
+/// Run `f` with this process's stderr (and so its domain processes') going
+/// to a pipe; returns what was written. The harness runs tests one at a time.
+fn capture_stderr(f: impl FnOnce()) -> String {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 succeeded; both descriptors are ours alone.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: dup/dup2 on descriptors this process owns.
+    let saved = unsafe { libc::dup(2) };
+    assert!(saved >= 0);
+    // SAFETY: as above.
+    unsafe { libc::dup2(write_end.as_raw_fd(), 2) };
+    drop(write_end);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    // SAFETY: restore stderr; `saved` is ours.
+    unsafe {
+        libc::dup2(saved, 2);
+        libc::close(saved);
+    }
+    let mut text = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut text)
+        .unwrap();
+    eprint!("{text}");
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    text
+}
+
+fn report_mode_names_the_syscall(registry: &Registry) {
+    let stderr = capture_stderr(|| {
+        let (rt, mut probe) = start_with(
+            &opener_graph(),
+            registry,
+            Mode::Processes,
+            BTreeMap::new(),
+            OnViolation::Report,
+        );
+        let mut w = Watch::new(&rt);
+        let mut reports = probe.server_on::<LogAppend>("opener-report").unwrap();
+        assert_eq!(next_report(&mut reports), "about to open /etc/hostname");
+        assert_eq!(
+            w.exited("d-rogue", 0),
+            DomainOutcome::Killed {
+                signal: libc::SIGSYS
+            }
+        );
+        drop((reports, probe));
+        rt.shutdown(LONG).unwrap();
+    });
+    assert!(
+        stderr.contains("motion domain `d-rogue`: seccomp: forbidden syscall 257 (openat)"),
+        "{stderr}"
+    );
 }
 
 fn unsandboxed_opener_survives(registry: &Registry) {
