@@ -82,6 +82,10 @@ fn main() -> ExitCode {
         ("failure_health_and_shutdown_threads", |r| {
             failure_health_shutdown(r, Mode::Threads)
         }),
+        (
+            "the_cross_process_bench_path_acknowledges_every_record",
+            bench_paths_count,
+        ),
     ];
     let (mut passed, mut failed, mut filtered) = (0, 0, 0);
     println!();
@@ -123,6 +127,7 @@ fn registry() -> Registry {
         .register("crashy-log", crashy_log)
         .register("quitter", quitter)
         .register("idler", idler);
+    motion_runtime::bench::register(&mut r);
     r
 }
 
@@ -986,4 +991,17 @@ fn failure_health_shutdown(registry: &Registry, mode: Mode) {
         rest.iter().any(|e| matches!(e, SupervisorEvent::Exited { domain, outcome: DomainOutcome::Finished, .. } if domain == "d-idle")),
         "{rest:?}"
     );
+}
+
+fn bench_paths_count(registry: &Registry) {
+    // Not a timing test: the bench's cross-process path runs and every record
+    // comes back acknowledged durable (the bench checks the count itself).
+    let bench = motion_runtime::bench::AppendBench {
+        records: 20_000,
+        ..Default::default()
+    };
+    for mode in [Mode::Threads, Mode::Processes] {
+        let r = motion_runtime::bench::run_over_runtime(registry, mode, &bench).unwrap();
+        assert_eq!(r.records, 20_000);
+    }
 }
