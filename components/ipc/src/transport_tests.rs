@@ -291,7 +291,7 @@ fn a_rejected_notification_does_not_fail_a_later_call() {
     for t in transports() {
         let (c, s) = Endpoint::pair_for::<Calc>("calc", "alice", "bob", t).unwrap();
         let h = std::thread::spawn(move || Server::<Calc>::new(s).unwrap().serve(handle));
-        let mut c = Client::<Calc>::new(c).unwrap();
+        let c = Client::<Calc>::new(c).unwrap();
         // A notification whose payload is not a CalcReq (the typed API
         // cannot send one, so it goes raw on the same channel).
         let mut buf = Vec::new();
