@@ -183,11 +183,16 @@ impl Runtime {
         let exe = match config.mode {
             Mode::Threads => PathBuf::new(),
             Mode::Processes => {
-                if !cfg!(target_os = "linux") {
-                    return Err(RuntimeError::Unsupported(
-                        "domains as processes need Linux (seccomp); use Mode::Threads".into(),
-                    ));
-                }
+                #[cfg(not(target_os = "linux"))]
+                return Err(RuntimeError::Unsupported(
+                    "domains as processes need Linux (seccomp); use Mode::Threads".into(),
+                ));
+                #[cfg(target_os = "linux")]
+                crate::seccomp::probe().map_err(|why| {
+                    RuntimeError::Unsupported(format!(
+                        "cannot sandbox domain processes: {why}; use Mode::Threads"
+                    ))
+                })?;
                 match config.exe.clone() {
                     Some(p) => p,
                     None => std::env::current_exe().map_err(|source| RuntimeError::Io {
