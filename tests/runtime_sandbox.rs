@@ -23,8 +23,8 @@ use motion_ipc::{
     Client, ComponentContext, ComponentResult, Interface, IpcError, Rejection, Server,
 };
 use motion_runtime::{
-    Access, Capability, ChannelDesc, DomainDesc, DomainOutcome, Events, Mode, Registry,
-    RestartPolicy, Runtime, RuntimeConfig, SupervisorEvent, SystemGraph,
+    Access, Capability, ChannelDesc, DomainDesc, DomainOutcome, Events, Mode, OnViolation,
+    Registry, RestartPolicy, Runtime, RuntimeConfig, SupervisorEvent, SystemGraph,
 };
 use pmu_api::Pmu;
 use vcpu::Timepoint;
@@ -53,6 +53,10 @@ fn main() -> ExitCode {
             forbidden_syscall_kills_the_domain,
         ),
         (
+            "report_mode_names_the_forbidden_syscall",
+            report_mode_names_the_syscall,
+        ),
+        (
             "the_same_component_is_not_killed_without_a_sandbox",
             unsandboxed_opener_survives,
         ),
@@ -78,12 +82,26 @@ fn main() -> ExitCode {
         ("failure_health_and_shutdown_threads", |r| {
             failure_health_shutdown(r, Mode::Threads)
         }),
+        (
+            "the_cross_process_bench_path_acknowledges_every_record",
+            bench_paths_count,
+        ),
     ];
-    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
+    // Domain processes need seccomp; on a kernel without it the process-mode
+    // tests say so and are skipped (threaded ones still run).
+    let sandbox = motion_runtime::seccomp::probe();
+    let needs_sandbox =
+        |name: &str| !name.ends_with("_threads") && !name.contains("without_a_sandbox");
+    let (mut passed, mut failed, mut filtered, mut ignored) = (0, 0, 0, 0);
     println!();
     for (name, test) in tests {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             filtered += 1;
+            continue;
+        }
+        if let (Err(why), true) = (&sandbox, needs_sandbox(name)) {
+            println!("test {name} ... ignored (skipped: {why})");
+            ignored += 1;
             continue;
         }
         let t0 = Instant::now();
@@ -101,7 +119,7 @@ fn main() -> ExitCode {
     println!();
     let verdict = if failed == 0 { "ok" } else { "FAILED" };
     println!(
-        "test result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out"
+        "test result: {verdict}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {filtered} filtered out"
     );
     if failed == 0 {
         ExitCode::SUCCESS
@@ -119,6 +137,7 @@ fn registry() -> Registry {
         .register("crashy-log", crashy_log)
         .register("quitter", quitter)
         .register("idler", idler);
+    motion_runtime::bench::register(&mut r);
     r
 }
 
@@ -158,12 +177,23 @@ fn start(
     mode: Mode,
     resources: BTreeMap<String, PathBuf>,
 ) -> (Runtime, ComponentContext) {
+    start_with(graph, registry, mode, resources, OnViolation::Kill)
+}
+
+fn start_with(
+    graph: &SystemGraph,
+    registry: &Registry,
+    mode: Mode,
+    resources: BTreeMap<String, PathBuf>,
+    on_violation: OnViolation,
+) -> (Runtime, ComponentContext) {
     let mut rt = Runtime::start(
         graph,
         registry,
         RuntimeConfig {
             mode,
             resources,
+            on_violation,
             ..RuntimeConfig::default()
         },
     )
@@ -574,6 +604,67 @@ fn forbidden_syscall_kills_the_domain(registry: &Registry) {
     rt.shutdown(LONG).unwrap();
 }
 
+/// Run `f` with this process's stderr (and so its domain processes') going
+/// to a pipe; returns what was written. The harness runs tests one at a time.
+fn capture_stderr(f: impl FnOnce()) -> String {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 succeeded; both descriptors are ours alone.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: dup/dup2 on descriptors this process owns.
+    let saved = unsafe { libc::dup(2) };
+    assert!(saved >= 0);
+    // SAFETY: as above.
+    unsafe { libc::dup2(write_end.as_raw_fd(), 2) };
+    drop(write_end);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    // SAFETY: restore stderr; `saved` is ours.
+    unsafe {
+        libc::dup2(saved, 2);
+        libc::close(saved);
+    }
+    let mut text = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut text)
+        .unwrap();
+    eprint!("{text}");
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    text
+}
+
+fn report_mode_names_the_syscall(registry: &Registry) {
+    let stderr = capture_stderr(|| {
+        let (rt, mut probe) = start_with(
+            &opener_graph(),
+            registry,
+            Mode::Processes,
+            BTreeMap::new(),
+            OnViolation::Report,
+        );
+        let mut w = Watch::new(&rt);
+        let mut reports = probe.server_on::<LogAppend>("opener-report").unwrap();
+        assert_eq!(next_report(&mut reports), "about to open /etc/hostname");
+        assert_eq!(
+            w.exited("d-rogue", 0),
+            DomainOutcome::Killed {
+                signal: libc::SIGSYS
+            }
+        );
+        drop((reports, probe));
+        rt.shutdown(LONG).unwrap();
+    });
+    assert!(
+        stderr.contains("motion domain `d-rogue`: seccomp: forbidden syscall 257 (openat)"),
+        "{stderr}"
+    );
+}
+
 fn unsandboxed_opener_survives(registry: &Registry) {
     // The same component, threaded (no seccomp): the open succeeds, so the
     // kill above is the filter's doing.
@@ -910,4 +1001,17 @@ fn failure_health_shutdown(registry: &Registry, mode: Mode) {
         rest.iter().any(|e| matches!(e, SupervisorEvent::Exited { domain, outcome: DomainOutcome::Finished, .. } if domain == "d-idle")),
         "{rest:?}"
     );
+}
+
+fn bench_paths_count(registry: &Registry) {
+    // Not a timing test: the bench's cross-process path runs and every record
+    // comes back acknowledged durable (the bench checks the count itself).
+    let bench = motion_runtime::bench::AppendBench {
+        records: 20_000,
+        ..Default::default()
+    };
+    for mode in [Mode::Threads, Mode::Processes] {
+        let r = motion_runtime::bench::run_over_runtime(registry, mode, &bench).unwrap();
+        assert_eq!(r.records, 20_000);
+    }
 }

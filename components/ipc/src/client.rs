@@ -46,6 +46,9 @@ pub struct Client<I: Interface> {
     in_flight: HashSet<RequestId>,
     abandoned: HashSet<RequestId>,
     stash: VecDeque<(RequestId, Result<I::Response, IpcError>)>,
+    /// Rejections of notifications (or of messages the peer could not read
+    /// an id from) that arrived while waiting for a call's reply.
+    unsolicited: VecDeque<IpcError>,
     window: usize,
     _iface: PhantomData<fn() -> I>,
 }
@@ -61,6 +64,7 @@ impl<I: Interface> Client<I> {
             in_flight: HashSet::new(),
             abandoned: HashSet::new(),
             stash: VecDeque::new(),
+            unsolicited: VecDeque::new(),
             window: DEFAULT_WINDOW,
             _iface: PhantomData,
         })
@@ -113,6 +117,7 @@ impl<I: Interface> Client<I> {
             match self.recv_wire(deadline) {
                 Ok((rid, result)) if rid == id => return result,
                 Ok(other) => self.stash.push_back(other),
+                Err(e @ IpcError::Rejected { .. }) => self.unsolicited.push_back(e),
                 Err(e) => {
                     if self.in_flight.remove(&id) {
                         self.abandoned.insert(id);
@@ -163,6 +168,9 @@ impl<I: Interface> Client<I> {
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<(RequestId, I::Response), IpcError> {
+        if let Some(e) = self.unsolicited.pop_front() {
+            return Err(e);
+        }
         let (id, result) = match self.stash.pop_front() {
             Some(entry) => entry,
             None => {

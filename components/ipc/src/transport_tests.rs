@@ -285,3 +285,37 @@ fn a_call_times_out_and_a_late_reply_is_dropped() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn a_rejected_notification_does_not_fail_a_later_call() {
+    for t in transports() {
+        let (c, s) = Endpoint::pair_for::<Calc>("calc", "alice", "bob", t).unwrap();
+        let h = std::thread::spawn(move || Server::<Calc>::new(s).unwrap().serve(handle));
+        let c = Client::<Calc>::new(c).unwrap();
+        // A notification whose payload is not a CalcReq (the typed API
+        // cannot send one, so it goes raw on the same channel).
+        let mut buf = Vec::new();
+        frame::encode_into(&mut buf, Kind::Notify, Calc::ID, 900, &(7u8, 7u8)).unwrap();
+        let mut raw = c.into_endpoint();
+        raw.send_raw(&buf).unwrap();
+        let mut c = Client::<Calc>::new(raw).unwrap();
+        assert_eq!(
+            c.call(&CalcReq::Add(1, 2)).unwrap().unwrap(),
+            3u32.to_le_bytes()
+        );
+        // The rejection is reported afterwards, naming the notification.
+        let e = c.recv().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IpcError::Rejected {
+                    request_id: 900,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        drop(c);
+        h.join().unwrap().unwrap();
+    }
+}

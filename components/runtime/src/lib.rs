@@ -65,7 +65,7 @@ pub use graph::{
 #[cfg(target_os = "linux")]
 pub use process::{DOMAIN_ARG, fuzz_boot, fuzz_exit_note, fuzz_seeds, run_domain_if_requested};
 pub use registry::Registry;
-pub use runtime::{Mode, Runtime, RuntimeConfig};
+pub use runtime::{Mode, OnViolation, Runtime, RuntimeConfig};
 
 use motion_ipc::IpcError;
 

@@ -55,6 +55,8 @@ pub(crate) struct Boot {
     pub endpoints: Vec<BootEndpoint>,
     /// Capabilities, as spelled in `system.toml`.
     pub grants: Vec<String>,
+    /// What a forbidden syscall does.
+    pub on_violation: crate::OnViolation,
     pub resources: BTreeMap<String, PathBuf>,
 }
 
@@ -387,7 +389,7 @@ fn setup(
         })
         .collect();
 
-    seccomp::install(&capabilities)
+    seccomp::install(name, &capabilities, boot.on_violation)
         .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     Ok((contexts, shutdown))
 }
@@ -486,6 +488,7 @@ pub fn fuzz_seeds() -> Vec<Vec<u8>> {
             },
         ],
         grants: vec!["log-dir:write".into(), "stdout".into()],
+        on_violation: crate::OnViolation::Kill,
         resources: BTreeMap::from([("log-dir".into(), PathBuf::from("/var/log/motion"))]),
     };
     let mut seeds = Vec::new();
@@ -589,6 +592,7 @@ mod tests {
                 },
             ],
             grants: vec!["log-dir:read".into(), "stdout".into()],
+            on_violation: crate::OnViolation::Kill,
             resources: BTreeMap::new(),
         }
     }

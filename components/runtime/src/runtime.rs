@@ -21,6 +21,20 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// What a forbidden syscall does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OnViolation {
+    /// `SECCOMP_RET_KILL_PROCESS`: the kernel kills the process with SIGSYS
+    /// at once; nothing in the domain runs after the call.
+    Kill,
+    /// For writing allow-lists: `SECCOMP_RET_TRAP` plus a SIGSYS handler
+    /// that prints the syscall's number and name to stderr, then the process
+    /// dies of SIGSYS all the same. (A hostile component could install its
+    /// own handler and live on with the call denied, so this is for
+    /// development, not for recording evidence.)
+    Report,
+}
+
 /// How domains run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -49,6 +63,11 @@ pub struct RuntimeConfig {
     pub exe: Option<PathBuf>,
     /// Pause before the first restart; doubles per restart up to 2 s.
     pub restart_backoff: Duration,
+    /// What a forbidden syscall does in a domain process. Default: kill;
+    /// `report` (name the syscall on stderr, then die of SIGSYS) when the
+    /// environment variable `MOTION_SECCOMP=report` is set, for writing
+    /// allow-lists.
+    pub on_violation: OnViolation,
 }
 
 impl Default for RuntimeConfig {
@@ -59,6 +78,10 @@ impl Default for RuntimeConfig {
             resources: BTreeMap::new(),
             exe: None,
             restart_backoff: Duration::from_millis(50),
+            on_violation: match std::env::var("MOTION_SECCOMP").as_deref() {
+                Ok("report") => OnViolation::Report,
+                _ => OnViolation::Kill,
+            },
         }
     }
 }
@@ -79,6 +102,7 @@ struct Shared {
     exe: PathBuf,
     resources: BTreeMap<String, PathBuf>,
     backoff: Duration,
+    on_violation: OnViolation,
     stopping: AtomicBool,
     events: Sender<SupervisorEvent>,
 }
@@ -159,11 +183,16 @@ impl Runtime {
         let exe = match config.mode {
             Mode::Threads => PathBuf::new(),
             Mode::Processes => {
-                if !cfg!(target_os = "linux") {
-                    return Err(RuntimeError::Unsupported(
-                        "domains as processes need Linux (seccomp); use Mode::Threads".into(),
-                    ));
-                }
+                #[cfg(not(target_os = "linux"))]
+                return Err(RuntimeError::Unsupported(
+                    "domains as processes need Linux (seccomp); use Mode::Threads".into(),
+                ));
+                #[cfg(target_os = "linux")]
+                crate::seccomp::probe().map_err(|why| {
+                    RuntimeError::Unsupported(format!(
+                        "cannot sandbox domain processes: {why}; use Mode::Threads"
+                    ))
+                })?;
                 match config.exe.clone() {
                     Some(p) => p,
                     None => std::env::current_exe().map_err(|source| RuntimeError::Io {
@@ -207,6 +236,7 @@ impl Runtime {
             exe,
             resources: config.resources.clone(),
             backoff: config.restart_backoff,
+            on_violation: config.on_violation,
             stopping: AtomicBool::new(false),
             events: tx,
         });
@@ -564,6 +594,7 @@ fn run_process(
             })
             .collect(),
         grants: d.grants.iter().map(Capability::to_string).collect(),
+        on_violation: shared.on_violation,
         resources: granted_resources(&d.grants, &shared.resources),
     };
     let mut spawned = match process::spawn(&shared.exe, boot, endpoints) {

@@ -24,6 +24,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+use crate::OnViolation;
 use crate::graph::{Access, Capability};
 
 /// What every domain needs: the Rust runtime (threads, allocation, signals
@@ -171,17 +172,16 @@ impl AllowList {
 
     /// Compile to BPF: anything not allowed kills the process.
     pub fn compile(self) -> Result<BpfProgram, seccompiler::Error> {
+        self.compile_with(SeccompAction::KillProcess)
+    }
+
+    fn compile_with(self, forbidden: SeccompAction) -> Result<BpfProgram, seccompiler::Error> {
         let rules = self
             .rules
             .into_iter()
             .map(|(nr, r)| (nr, r.unwrap_or_default()))
             .collect();
-        let filter = SeccompFilter::new(
-            rules,
-            SeccompAction::KillProcess,
-            SeccompAction::Allow,
-            target_arch(),
-        )?;
+        let filter = SeccompFilter::new(rules, forbidden, SeccompAction::Allow, target_arch())?;
         Ok(BpfProgram::try_from(filter)?)
     }
 }
@@ -276,14 +276,159 @@ fn clone3_enosys() -> Result<BpfProgram, seccompiler::Error> {
     Ok(BpfProgram::try_from(filter)?)
 }
 
+/// Whether this kernel can sandbox domains: seccomp filters with the
+/// kill-process and trap actions. `Err` says what is missing.
+pub fn probe() -> Result<(), String> {
+    for (action, name) in [
+        (libc::SECCOMP_RET_KILL_PROCESS, "SECCOMP_RET_KILL_PROCESS"),
+        (libc::SECCOMP_RET_TRAP, "SECCOMP_RET_TRAP"),
+    ] {
+        let action: u32 = action;
+        // SAFETY: seccomp(SECCOMP_GET_ACTION_AVAIL) only reads the u32 we
+        // point to; it changes nothing.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_ACTION_AVAIL,
+                0,
+                &raw const action,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "seccomp action {name} unavailable: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Install the domain's filters on every thread of the calling process
 /// (TSYNC), after setting no_new_privs. Irreversible. The allow-list goes
 /// last: it forbids the `prctl` and `seccomp` calls installing takes.
-pub fn install(grants: &[Capability]) -> Result<(), seccompiler::Error> {
-    let program = allow_list(grants)?.compile()?;
+pub fn install(
+    domain: &str,
+    grants: &[Capability],
+    on_violation: OnViolation,
+) -> Result<(), seccompiler::Error> {
+    let forbidden = match on_violation {
+        OnViolation::Kill => SeccompAction::KillProcess,
+        OnViolation::Report => {
+            report::arm(domain);
+            SeccompAction::Trap
+        }
+    };
+    let program = allow_list(grants)?.compile_with(forbidden)?;
     let clone3 = clone3_enosys()?;
     seccompiler::apply_filter_all_threads(&clone3)?;
     seccompiler::apply_filter_all_threads(&program)
+}
+
+/// The SIGSYS reporter of [`OnViolation::Report`].
+mod report {
+    use std::sync::OnceLock;
+
+    static DOMAIN: OnceLock<String> = OnceLock::new();
+
+    /// Syscalls a component is likely to try, by number (x86-64).
+    const NAMES: &[(i32, &str)] = &[
+        (2, "open"),
+        (4, "stat"),
+        (16, "ioctl"),
+        (41, "socket"),
+        (42, "connect"),
+        (49, "bind"),
+        (56, "clone"),
+        (57, "fork"),
+        (59, "execve"),
+        (62, "kill"),
+        (63, "uname"),
+        (89, "readlink"),
+        (99, "sysinfo"),
+        (101, "ptrace"),
+        (157, "prctl"),
+        (217, "getdents64"),
+        (257, "openat"),
+        (258, "mkdirat"),
+        (262, "newfstatat"),
+        (263, "unlinkat"),
+        (298, "perf_event_open"),
+        (317, "seccomp"),
+        (332, "statx"),
+        (435, "clone3"),
+    ];
+
+    pub(super) fn arm(domain: &str) {
+        let _ = DOMAIN.set(domain.to_owned());
+        // SAFETY: sigaction with a zeroed struct, our handler's address and
+        // flags; `sa_mask` is emptied by sigemptyset before use.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigsys as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESETHAND;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut());
+        }
+    }
+
+    /// "motion domain `NAME`: seccomp: forbidden syscall NR (NAME)\n", built
+    /// without allocating (this runs in a signal handler).
+    pub(super) fn message<'a>(buf: &'a mut [u8; 160], domain: &str, nr: i32) -> &'a [u8] {
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            let n = bytes.len().min(buf.len() - len);
+            buf[len..len + n].copy_from_slice(&bytes[..n]);
+            len += n;
+        };
+        put(b"motion domain `");
+        put(domain.as_bytes());
+        put(b"`: seccomp: forbidden syscall ");
+        let mut digits = [0u8; 12];
+        let mut i = digits.len();
+        let mut v = i64::from(nr).unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if nr < 0 {
+            i -= 1;
+            digits[i] = b'-';
+        }
+        put(&digits[i..]);
+        if let Some((_, name)) = NAMES.iter().find(|(n, _)| *n == nr) {
+            put(b" (");
+            put(name.as_bytes());
+            put(b")");
+        }
+        put(b"\n");
+        &buf[..len]
+    }
+
+    extern "C" fn on_sigsys(
+        _signal: libc::c_int,
+        info: *mut libc::siginfo_t,
+        _ctx: *mut libc::c_void,
+    ) {
+        // SAFETY: the kernel passes a valid siginfo; for a seccomp SIGSYS its
+        // `_sigsys` member holds the syscall number at byte offset 24 on
+        // 64-bit Linux (after signo, errno, code and the call address).
+        let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
+        let mut buf = [0u8; 160];
+        let domain = DOMAIN.get().map_or("?", String::as_str);
+        let text = message(&mut buf, domain, nr);
+        // SAFETY: write(2) and raise(3) are async-signal-safe; the handler was
+        // reset to the default on entry (SA_RESETHAND), so raising SIGSYS
+        // ends the process the way a seccomp kill does.
+        unsafe {
+            libc::write(2, text.as_ptr().cast(), text.len());
+            libc::raise(libc::SIGSYS);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +462,29 @@ mod tests {
         assert!(kvm.allows("ioctl") && !kvm.allows("perf_event_open"));
         let pmu = allow_list(&[Capability::Pmu]).unwrap();
         assert!(pmu.allows("perf_event_open"));
+    }
+
+    #[test]
+    fn the_violation_report_names_the_syscall() {
+        let mut buf = [0u8; 160];
+        let text = report::message(&mut buf, "log", 257);
+        assert_eq!(
+            std::str::from_utf8(text).unwrap(),
+            "motion domain `log`: seccomp: forbidden syscall 257 (openat)\n"
+        );
+        let text = report::message(&mut buf, "vmm", 1000);
+        assert!(
+            std::str::from_utf8(text)
+                .unwrap()
+                .ends_with("syscall 1000\n")
+        );
+    }
+
+    #[test]
+    fn probing_changes_nothing() {
+        // Whatever the answer, this process is not sandboxed afterwards.
+        let _ = probe();
+        assert!(std::fs::File::open("/proc/self/status").is_ok());
     }
 
     #[test]
