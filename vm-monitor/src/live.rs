@@ -20,6 +20,12 @@ use crate::env::{AsyncInput, AsyncPoint, EnvError, Environment, Idle, RandomKind
 
 /// The guest's time-stamp counter rate: TSC = nanoseconds since start × 2.
 pub const TSC_HZ: u64 = 2_000_000_000;
+/// Serial input arrives at the line rate of 115200 baud 8N1: 11520 bytes/s.
+/// Faster than that, a guest's receive loop would never see an empty FIFO
+/// and a whole file would arrive inside one interrupt.
+pub const RX_BYTES_PER_SEC: u64 = 11_520;
+/// Bytes that may arrive back to back (the 16550's receive FIFO).
+const RX_BURST: u64 = 16;
 
 #[derive(Default)]
 struct FeedState {
@@ -102,6 +108,10 @@ impl InputFeed {
         }
     }
 
+    fn has_bytes(&self) -> bool {
+        !self.lock().buf.is_empty()
+    }
+
     /// Whether more bytes may still arrive.
     fn open(&self) -> bool {
         !self.lock().closed
@@ -146,6 +156,10 @@ pub struct LiveEnvironment {
     pci: PciHost,
     dma: VecDeque<DmaOp>,
     input: Option<InputFeed>,
+    /// Line-rate pacing of serial input: bytes that may arrive now, and when
+    /// that was computed (ns).
+    rx_credit: u64,
+    rx_credit_at: u64,
     rng: rand::rngs::StdRng,
 }
 
@@ -176,6 +190,8 @@ impl LiveEnvironment {
             pci: PciHost::new(cfg.disk.map(VirtioBlk::new)),
             dma: VecDeque::new(),
             input: cfg.input,
+            rx_credit: RX_BURST,
+            rx_credit_at: 0,
             rng: rand::rngs::StdRng::from_os_rng(),
         }
     }
@@ -186,6 +202,14 @@ impl LiveEnvironment {
 
     fn instant(&self, ns: u64) -> Instant {
         self.start + Duration::from_nanos(ns)
+    }
+
+    /// When the next paced input byte may arrive (ns), if bytes are waiting
+    /// for line-rate credit and the UART has room for them.
+    fn rx_pacing_deadline(&self) -> Option<u64> {
+        let waiting = self.input.as_ref().is_some_and(InputFeed::has_bytes);
+        (waiting && self.rx_credit == 0 && self.uart.rx_space() > 0)
+            .then(|| self.rx_credit_at + 1_000_000_000u64.div_ceil(RX_BYTES_PER_SEC))
     }
 
     /// Why the block device stopped, if the guest broke it.
@@ -200,13 +224,20 @@ impl LiveEnvironment {
             self.pic.pulse_irq(0);
         }
         if let Some(feed) = &self.input {
-            let room = self.uart.rx_space();
+            let elapsed = now.saturating_sub(self.rx_credit_at);
+            let earned = (elapsed as u128 * RX_BYTES_PER_SEC as u128 / 1_000_000_000) as u64;
+            if earned > 0 {
+                self.rx_credit = (self.rx_credit + earned).min(RX_BURST);
+                self.rx_credit_at = now;
+            }
+            let room = self.uart.rx_space().min(self.rx_credit as usize);
             if room > 0 {
                 let bytes = feed.take(room);
                 let n = self.uart.receive(&bytes);
                 if n < bytes.len() {
                     feed.unget(&bytes[n..]);
                 }
+                self.rx_credit -= n as u64;
             }
         }
         self.sync_lines();
@@ -323,7 +354,11 @@ impl Environment for LiveEnvironment {
         if self.pic.interrupt_pending() || self.pci.has_work() || !self.dma.is_empty() {
             return Ok(Idle::Woke);
         }
-        let timer = self.pit.next_irq_time().map(|ns| self.instant(ns));
+        let timer = match (self.pit.next_irq_time(), self.rx_pacing_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|ns| self.instant(ns));
         // Input can only wake the guest if more may arrive and the UART has
         // room (bytes already waiting were moved in by `poll`).
         let input_open = self.input.as_ref().is_some_and(|f| f.open());
@@ -336,7 +371,8 @@ impl Environment for LiveEnvironment {
             (a, b) => a.or(b),
         };
         match &self.input {
-            Some(feed) if input_can_wake => feed.wait(until),
+            // Bytes already waiting only need time (pacing), not a wake-up.
+            Some(feed) if input_can_wake && !feed.has_bytes() => feed.wait(until),
             _ => {
                 if let Some(t) = until {
                     std::thread::sleep(t.saturating_duration_since(Instant::now()));
@@ -350,7 +386,11 @@ impl Environment for LiveEnvironment {
         if !self.dma.is_empty() || self.pci.has_work() {
             return Some(Instant::now());
         }
-        self.pit.next_irq_time().map(|ns| self.instant(ns))
+        match (self.pit.next_irq_time(), self.rx_pacing_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|ns| self.instant(ns))
     }
 
     fn set_kicker(&mut self, kicker: Arc<dyn vcpu::Kicker>) {
