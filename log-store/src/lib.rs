@@ -1,1 +1,41 @@
-//! Append-only, framed, checksummed, hash-chained, compressed, crash-safe event log
+//! Append-only, framed, checksummed, hash-chained, compressed, crash-safe
+//! event log: where a CAS Motion recording is kept.
+//!
+//! A log is evidence. Its writer ([`LogWriter`]) only ever appends; records
+//! are acknowledged ([`Ack`]) only once durable under the chosen
+//! [`Durability`] policy; a writer that dies leaves at most a torn tail that
+//! [`LogWriter::recover`] cuts without losing an acknowledged record; and
+//! every byte is covered by a CRC32C or the BLAKE3 chain, so [`verify`] names
+//! the first altered region and its offset. The layout is in
+//! docs/log-format.md and [`format`].
+//!
+//! The API is transport-independent: the log-store component's server loop
+//! drives the same writer and reader over IPC.
+
+pub mod error;
+pub mod format;
+pub mod reader;
+pub mod sample;
+pub mod scan;
+pub mod source;
+pub mod writer;
+
+pub use error::{Fault, LogError, Region};
+pub use reader::{LogReader, Records};
+pub use scan::{BlockInfo, Scan};
+pub use source::Source;
+pub use writer::{Ack, Durability, LogWriter, Recovery, SealSummary, WriterConfig};
+
+/// Check a whole log: header, every block along the chain, every frame and
+/// record, and (if sealed) the index and trailer. The result's `fault` is the
+/// first bad region in file order.
+pub fn verify<S: Source + ?Sized>(src: &S) -> std::io::Result<Scan> {
+    scan::scan(src)
+}
+
+/// [`verify`] a file by path.
+pub fn verify_path(path: impl AsRef<std::path::Path>) -> Result<Scan, LogError> {
+    let path = path.as_ref();
+    let file = std::fs::File::open(path).map_err(|e| LogError::io("open", path, e))?;
+    scan::scan(&file).map_err(|e| LogError::io("read", path, e))
+}
