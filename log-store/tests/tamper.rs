@@ -36,7 +36,11 @@ fn build(seal: bool, with_random_payloads: bool, seed: u64) -> Log {
         let r = if with_random_payloads && i % 40 == 0 {
             // Incompressible: these blocks are stored uncompressed.
             let bytes: Vec<u8> = (0..1400).map(|_| rng.random()).collect();
-            Record::from(DmaWrite { gpa: i, bytes, at: None })
+            Record::from(DmaWrite {
+                gpa: i,
+                bytes,
+                at: None,
+            })
         } else {
             sample::mixed(seed, i)
         };
@@ -51,7 +55,11 @@ fn build(seal: bool, with_random_payloads: bool, seed: u64) -> Log {
     let reader = LogReader::open(&path).unwrap();
     let scan = reader.verify().unwrap();
     assert!(scan.is_intact());
-    let mut spans = vec![Span { region: Region::Header, start: 0, end: scan.header_len }];
+    let mut spans = vec![Span {
+        region: Region::Header,
+        start: 0,
+        end: scan.header_len,
+    }];
     for (k, b) in scan.blocks.iter().enumerate() {
         let start = b.entry.offset;
         spans.push(Span {
@@ -61,9 +69,17 @@ fn build(seal: bool, with_random_payloads: bool, seed: u64) -> Log {
         });
     }
     if let Some(t) = scan.sealed {
-        spans.push(Span { region: Region::Index, start: t.index_offset, end: t.index_offset + t.index_len });
+        spans.push(Span {
+            region: Region::Index,
+            start: t.index_offset,
+            end: t.index_offset + t.index_len,
+        });
         let ts = t.index_offset + t.index_len;
-        spans.push(Span { region: Region::Trailer, start: ts, end: ts + 108 });
+        spans.push(Span {
+            region: Region::Trailer,
+            start: ts,
+            end: ts + 108,
+        });
     }
     // The spans tile the file.
     for w in spans.windows(2) {
@@ -84,8 +100,18 @@ fn span_of(log: &Log, pos: u64) -> Span {
     match last.region {
         Region::Trailer => last,
         _ => {
-            let blocks = log.spans.iter().filter(|s| s.region.block().is_some()).count();
-            Span { region: Region::Block { block: blocks as u64 }, start: pos, end: pos }
+            let blocks = log
+                .spans
+                .iter()
+                .filter(|s| s.region.block().is_some())
+                .count();
+            Span {
+                region: Region::Block {
+                    block: blocks as u64,
+                },
+                start: pos,
+                end: pos,
+            }
         }
     }
 }
@@ -100,13 +126,22 @@ fn read_everything(bytes: &[u8]) {
         }
         let n = r.record_count();
         let _ = r.records_from(n / 2).map(|it| it.take(5).count());
-        let _ = r.find_timepoint(&vcpu::Timepoint { vcpu: 1, branches: 3000, rip: 0, rcx: 0 });
+        let _ = r.find_timepoint(&vcpu::Timepoint {
+            vcpu: 1,
+            branches: 3000,
+            rip: 0,
+            rcx: 0,
+        });
     }
 }
 
 #[test]
 fn verify_names_the_first_altered_region_every_time() {
-    let logs = [build(true, false, 11), build(true, true, 12), build(false, true, 13)];
+    let logs = [
+        build(true, false, 11),
+        build(true, true, 12),
+        build(false, true, 13),
+    ];
     let mut rng = ChaCha8Rng::seed_from_u64(0x7a3e_2024);
     let mut hits: std::collections::BTreeMap<&'static str, u32> = Default::default();
     let trials = 3000;
@@ -146,7 +181,10 @@ fn verify_names_the_first_altered_region_every_time() {
         let expect = span_of(log, pos);
         let scan = log_store::verify(&bytes[..]).unwrap();
         let fault = scan.fault.clone().unwrap_or_else(|| {
-            panic!("trial {trial}: {what} at {pos} ({:?}) not detected", expect.region)
+            panic!(
+                "trial {trial}: {what} at {pos} ({:?}) not detected",
+                expect.region
+            )
         });
         let same_region = match (expect.region, fault.region) {
             (Region::Block { block }, got) => got.block() == Some(block),
@@ -168,7 +206,10 @@ fn verify_names_the_first_altered_region_every_time() {
         *hits.entry(key).or_default() += 1;
     }
     eprintln!("tamper trials per region (all detected and located): {hits:?}");
-    assert!(hits.len() == 4 && hits.values().all(|&n| n >= 50), "{hits:?}");
+    assert!(
+        hits.len() == 4 && hits.values().all(|&n| n >= 50),
+        "{hits:?}"
+    );
 }
 
 /// A block whose chain hash is right but whose frames are not (a buggy or
@@ -207,11 +248,20 @@ fn a_bad_frame_inside_a_well_chained_block_is_pinpointed() {
     let fault = log_store::verify(&bytes[..]).unwrap().fault.unwrap();
     assert_eq!(
         fault.region,
-        Region::Frame { block: 0, frame: 3, record: 3, offset_in_block: starts[3] as u32 }
+        Region::Frame {
+            block: 0,
+            frame: 3,
+            record: 3,
+            offset_in_block: starts[3] as u32
+        }
     );
     assert_eq!(fault.offset, header.len() as u64);
     let r = LogReader::from_source(&bytes[..]).unwrap();
-    assert_eq!(r.record_count(), 0, "a block with a bad frame is not counted as readable");
+    assert_eq!(
+        r.record_count(),
+        0,
+        "a block with a bad frame is not counted as readable"
+    );
     let items: Vec<_> = r.records().collect();
     assert_eq!(items.len(), 1);
     assert!(items[0].is_err());
