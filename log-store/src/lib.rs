@@ -39,3 +39,32 @@ pub fn verify_path(path: impl AsRef<std::path::Path>) -> Result<Scan, LogError> 
     let file = std::fs::File::open(path).map_err(|e| LogError::io("open", path, e))?;
     scan::scan(&file).map_err(|e| LogError::io("read", path, e))
 }
+
+/// The fuzz entry: treat `data` as a log and exercise everything that parses
+/// it (verify, open, iterate, seek by number and by timepoint). It must
+/// return normally for every input; a panic is a bug.
+pub fn fuzz_read(data: &[u8]) {
+    let _ = verify(data);
+    let Ok(r) = LogReader::from_source(data) else {
+        return;
+    };
+    for item in r.records().take(100_000) {
+        if item.is_err() {
+            break;
+        }
+    }
+    let n = r.record_count();
+    if let Ok(it) = r.records_from(n / 2) {
+        for item in it.take(16) {
+            if item.is_err() {
+                break;
+            }
+        }
+    }
+    let _ = r.find_timepoint(&vcpu::Timepoint {
+        vcpu: 0,
+        branches: n.wrapping_mul(9),
+        rip: 0,
+        rcx: 0,
+    });
+}
