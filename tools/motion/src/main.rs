@@ -22,12 +22,16 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Look into a recording's log.
+    #[command(subcommand)]
+    Log(cmd::log::LogCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Log(c) => cmd::log::run(c),
     };
     match result {
         Ok(code) => code,
