@@ -1,1 +1,4 @@
-//! Per-vCPU branch counters: programming, overflow with skid margin, timepoints and landing
+//! Per-vCPU branch counters: programming, overflow with skid margin,
+//! timepoints and landing.
+
+pub mod perf;

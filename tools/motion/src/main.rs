@@ -25,6 +25,9 @@ enum Command {
     /// Look into a recording's log.
     #[command(subcommand)]
     Log(cmd::log::LogCmd),
+    /// The system description (system.toml).
+    #[command(subcommand)]
+    System(cmd::system::SystemCmd),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Version => cmd::version::run(),
         Command::Log(c) => cmd::log::run(c),
+        Command::System(c) => cmd::system::run(c),
     };
     match result {
         Ok(code) => code,
