@@ -54,7 +54,8 @@ fn mutate(rng: &mut ChaCha8Rng, base: &[u8]) -> Vec<u8> {
                 // Overwrite a little-endian u32 (lengths, counts) with an extreme value.
                 if b.len() >= 4 {
                     let i = rng.random_range(0..b.len() - 3);
-                    let v: u32 = [0, 1, 0xffff_ffff, 0x7fff_ffff, 0x0100_0000][rng.random_range(0..5)];
+                    let v: u32 =
+                        [0, 1, 0xffff_ffff, 0x7fff_ffff, 0x0100_0000][rng.random_range(0..5)];
                     b[i..i + 4].copy_from_slice(&v.to_le_bytes());
                 }
             }

@@ -171,7 +171,13 @@ fn inspect(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         });
         println!("{v}");
     }
-    Ok(ExitCode::SUCCESS)
+    // Not a log at all (no usable header) is a failure; a damaged log whose
+    // header is fine has been described, which is what inspect is for.
+    Ok(if s.machine.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn verify(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
