@@ -1,5 +1,6 @@
 //! One module per subcommand group.
 
+pub mod bench;
 pub mod log;
 pub mod system;
 pub mod version;
