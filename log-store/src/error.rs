@@ -125,6 +125,14 @@ pub enum LogError {
         /// The maximum.
         max: usize,
     },
+    /// A record of an encoded batch does not decode; none of the batch was taken.
+    #[error("record {index} of the batch is invalid: {reason}")]
+    InvalidRecord {
+        /// Its index in the batch.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     /// A record could not be encoded or decoded.
     #[error(transparent)]
     Record(#[from] motion_records::RecordError),

@@ -24,7 +24,7 @@ pub use error::{Fault, LogError, Region};
 pub use reader::{LogReader, Records};
 pub use scan::{BlockInfo, Scan};
 pub use source::Source;
-pub use writer::{Ack, Durability, LogWriter, Recovery, SealSummary, WriterConfig};
+pub use writer::{Ack, Durability, EncodedRecord, LogWriter, Recovery, SealSummary, WriterConfig};
 
 /// Check a whole log: header, every block along the chain, every frame and
 /// record, and (if sealed) the index and trailer. The result's `fault` is the

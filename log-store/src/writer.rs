@@ -123,6 +123,15 @@ pub struct Recovery {
     pub torn: Option<Fault>,
 }
 
+/// A record encoded by its producer: its type id and postcard payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedRecord<'a> {
+    /// The record type id.
+    pub type_id: u16,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
 /// Appends records to a log file.
 pub struct LogWriter {
     file: File,
@@ -132,7 +141,11 @@ pub struct LogWriter {
     /// Frames of the open (not yet written) block.
     frames: Vec<u8>,
     frames_records: u32,
+    /// End of the last completed frame in `frames`.
+    frames_end: usize,
     frames_spans: Vec<VcpuSpan>,
+    /// Timepoints of a validated encoded batch (reused).
+    scratch_tps: Vec<Option<vcpu::Timepoint>>,
     /// Scratch for a block as written: header then payload.
     out: Vec<u8>,
     chain: Hash32,
@@ -185,7 +198,9 @@ impl LogWriter {
             compressor,
             frames: Vec::with_capacity(config.block_bytes + 4096),
             frames_records: 0,
+            frames_end: 0,
             frames_spans: Vec::new(),
+            scratch_tps: Vec::new(),
             out: Vec::new(),
             chain,
             entries: Vec::new(),
@@ -304,6 +319,11 @@ impl LogWriter {
         }
     }
 
+    /// Blocks written so far.
+    pub fn blocks_written(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
     /// The chain hash of the last block written.
     pub fn chain_head(&self) -> Hash32 {
         self.chain
@@ -323,12 +343,7 @@ impl LogWriter {
                 self.write_block()?;
             }
         }
-        match self.config.durability {
-            Durability::EveryBatch => self.sync_all_pending()?,
-            Durability::Interval(_) => self.sync_if_due()?,
-            Durability::AtSeal => {}
-        }
-        Ok(self.ack())
+        self.after_batch()
     }
 
     /// Make everything appended so far durable now.
@@ -398,14 +413,54 @@ impl LogWriter {
         })
     }
 
-    #[inline]
-    fn push(&mut self, r: &Record) -> Result<(), LogError> {
-        let start = format::begin_frame(&mut self.frames);
-        if let Err(e) = r.encode_into(&mut self.frames) {
-            self.frames.truncate(start);
-            return Err(e.into());
+    /// Append records that arrive already encoded (type id and postcard
+    /// payload, as over the `LogAppend` channel). The producer is not
+    /// trusted: every payload must decode as its type, or the whole batch is
+    /// refused ([`LogError::InvalidRecord`]) and nothing of it is taken.
+    pub fn append_encoded(&mut self, records: &[EncodedRecord<'_>]) -> Result<Ack, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
         }
-        let len = self.frames.len() - start - 6;
+        self.scratch_tps.clear();
+        for (index, r) in records.iter().enumerate() {
+            let invalid = |reason: String| LogError::InvalidRecord { index, reason };
+            if r.payload.len() > MAX_RECORD_PAYLOAD {
+                return Err(invalid(format!(
+                    "payload of {} bytes exceeds the {MAX_RECORD_PAYLOAD}-byte maximum",
+                    r.payload.len()
+                )));
+            }
+            let decoded =
+                Record::decode(r.type_id, r.payload).map_err(|e| invalid(e.to_string()))?;
+            self.scratch_tps.push(decoded.timepoint().copied());
+        }
+        for (i, r) in records.iter().enumerate() {
+            let start = format::begin_frame(&mut self.frames);
+            self.frames.extend_from_slice(r.payload);
+            let tp = self.scratch_tps[i];
+            self.place_frame(start, r.payload.len())?;
+            self.finish_frame_at(r.type_id, tp.as_ref());
+            if self.frames.len() >= self.config.block_bytes {
+                self.write_block()?;
+            }
+        }
+        self.after_batch()
+    }
+
+    fn after_batch(&mut self) -> Result<Ack, LogError> {
+        match self.config.durability {
+            Durability::EveryBatch => self.sync_all_pending()?,
+            Durability::Interval(_) => self.sync_if_due()?,
+            Durability::AtSeal => {}
+        }
+        Ok(self.ack())
+    }
+
+    /// The frame begun at `start` with a payload of `len` bytes is in
+    /// `self.frames`; if the open block cannot take it, close the block and
+    /// move the frame into the next one. Returns where the frame now starts.
+    #[inline]
+    fn place_frame(&mut self, start: usize, len: usize) -> Result<usize, LogError> {
         if len > MAX_RECORD_PAYLOAD {
             self.frames.truncate(start);
             return Err(LogError::RecordTooLarge {
@@ -415,30 +470,51 @@ impl LogWriter {
         }
         // The frame's CRC is still to come: 4 more bytes.
         if start > 0 && self.frames.len() + 4 > MAX_BLOCK_RAW as usize {
-            // The open block cannot take this record: close it first, then
-            // move the frame's bytes into the new block.
             let frame: Vec<u8> = self.frames.split_off(start);
             self.write_block()?;
             self.frames.extend_from_slice(&frame);
-            return self.finish_push(0, r);
+            return Ok(0);
         }
-        self.finish_push(start, r)
+        Ok(start)
     }
 
     #[inline]
-    fn finish_push(&mut self, start: usize, r: &Record) -> Result<(), LogError> {
-        let t = r.record_type();
-        format::finish_frame(&mut self.frames, start, t.id());
-        self.counts[usize::from(t.id())] += 1;
-        if let Some(tp) = r.timepoint() {
+    fn push(&mut self, r: &Record) -> Result<(), LogError> {
+        let start = format::begin_frame(&mut self.frames);
+        if let Err(e) = r.encode_into(&mut self.frames) {
+            self.frames.truncate(start);
+            return Err(e.into());
+        }
+        let len = self.frames.len() - start - 6;
+        self.place_frame(start, len)?;
+        self.finish_frame_at(r.record_type().id(), r.timepoint());
+        Ok(())
+    }
+
+    /// Complete the last frame in `self.frames` (it starts at the frame
+    /// boundary recorded by `frame_start`) and account for it.
+    #[inline]
+    fn finish_frame_at(&mut self, type_id: u16, tp: Option<&vcpu::Timepoint>) {
+        let start = self.frame_start();
+        format::finish_frame(&mut self.frames, start, type_id);
+        if let Some(c) = self.counts.get_mut(usize::from(type_id)) {
+            *c += 1;
+        }
+        if let Some(tp) = tp {
             format::extend_spans(&mut self.frames_spans, tp);
         }
         self.frames_records += 1;
+        self.frames_end = self.frames.len();
         self.appended += 1;
         if self.oldest_unsynced.is_none() {
             self.oldest_unsynced = Some(Instant::now());
         }
-        Ok(())
+    }
+
+    /// Where the frame being completed starts: just after the last completed one.
+    #[inline]
+    fn frame_start(&self) -> usize {
+        self.frames_end
     }
 
     fn sync_if_due(&mut self) -> Result<(), LogError> {
@@ -535,6 +611,7 @@ impl LogWriter {
         });
         self.written += u64::from(self.frames_records);
         self.frames.clear();
+        self.frames_end = 0;
         self.frames_records = 0;
         Ok(())
     }

@@ -338,3 +338,60 @@ proptest! {
         prop_assert_eq!(v.records, records.len() as u64);
     }
 }
+
+#[test]
+fn encoded_batches_are_validated_whole() {
+    use log_store::EncodedRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.log");
+    let records: Vec<Record> = (0..500).map(|i| sample::mixed(6, i)).collect();
+    let payloads: Vec<(u16, Vec<u8>)> = records
+        .iter()
+        .map(|r| (r.record_type().id(), r.to_payload().unwrap()))
+        .collect();
+    let encoded: Vec<EncodedRecord<'_>> = payloads
+        .iter()
+        .map(|(t, p)| EncodedRecord {
+            type_id: *t,
+            payload: p,
+        })
+        .collect();
+    let mut w = LogWriter::create(
+        &path,
+        &sample::machine(),
+        config(Durability::EveryBatch, 2048),
+    )
+    .unwrap();
+    let ack = w.append_encoded(&encoded[..300]).unwrap();
+    assert_eq!((ack.appended, ack.durable), (300, 300));
+
+    // One bad record anywhere refuses the whole batch.
+    let mut bad = encoded[300..].to_vec();
+    bad[57] = EncodedRecord {
+        type_id: 999,
+        payload: b"x",
+    };
+    let e = w.append_encoded(&bad).unwrap_err();
+    assert!(
+        matches!(e, LogError::InvalidRecord { index: 57, .. }),
+        "{e}"
+    );
+    bad[57] = EncodedRecord {
+        type_id: RecordType::Rdtsc.id(),
+        payload: &[0xff],
+    };
+    assert!(matches!(
+        w.append_encoded(&bad),
+        Err(LogError::InvalidRecord { index: 57, .. })
+    ));
+    assert_eq!(w.ack().appended, 300);
+
+    w.append_encoded(&encoded[300..]).unwrap();
+    w.seal().unwrap();
+    let r = LogReader::open(&path).unwrap();
+    let got: Vec<Record> = r.records().map(|x| x.unwrap().1).collect();
+    assert_eq!(got, records);
+    // Timepoints of encoded records reach the index.
+    let tp = *records[400..].iter().find_map(|r| r.timepoint()).unwrap();
+    assert!(r.find_timepoint(&tp).unwrap().unwrap() <= 400 + 40);
+}
