@@ -395,3 +395,36 @@ fn encoded_batches_are_validated_whole() {
     let tp = *records[400..].iter().find_map(|r| r.timepoint()).unwrap();
     assert!(r.find_timepoint(&tp).unwrap().unwrap() <= 400 + 40);
 }
+
+#[test]
+fn a_seal_torn_by_a_crash_is_cut_back_to_the_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Record> = (0..800).map(|i| sample::mixed(8, i)).collect();
+    let sealed = dir.path().join("sealed.log");
+    write_log(&sealed, &records, config(Durability::AtSeal, 2048), true);
+    let bytes = std::fs::read(&sealed).unwrap();
+    let t = LogReader::open(&sealed).unwrap().sealed().copied().unwrap();
+    // Cut inside the index, at its end, and inside the trailer.
+    for (k, cut) in [
+        t.index_offset + 5,
+        t.index_offset + t.index_len,
+        bytes.len() as u64 - 1,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("cut{k}.log"));
+        std::fs::write(&path, &bytes[..cut as usize]).unwrap();
+        let v = log_store::verify_path(&path).unwrap();
+        assert!(v.fault.as_ref().unwrap().torn_tail, "{:?}", v.fault);
+        let (w, rec) = LogWriter::recover(&path, WriterConfig::default()).unwrap();
+        assert_eq!(rec.kept_records, 800);
+        assert_eq!(rec.truncated_bytes, cut - t.index_offset);
+        w.seal().unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "resealing restores the same file"
+        );
+    }
+}
