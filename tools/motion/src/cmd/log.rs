@@ -38,9 +38,12 @@ pub fn run(cmd: LogCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn scan(log: &Path) -> Result<Scan, ExitCode> {
+fn scan(log: &Path, as_json: bool) -> Result<Scan, ExitCode> {
     log_store::verify_path(log).map_err(|e| {
         eprintln!("motion log: {e}");
+        if as_json {
+            println!("{}", json!({ "error": e.to_string() }));
+        }
         ExitCode::from(2)
     })
 }
@@ -70,7 +73,7 @@ fn stored_bytes(s: &Scan) -> u64 {
 }
 
 fn inspect(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
-    let s = match scan(log) {
+    let s = match scan(log, as_json) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
@@ -181,7 +184,7 @@ fn inspect(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
-    let s = match scan(log) {
+    let s = match scan(log, as_json) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
