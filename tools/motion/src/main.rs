@@ -31,6 +31,12 @@ enum Command {
     /// The system description (system.toml).
     #[command(subcommand)]
     System(cmd::system::SystemCmd),
+    /// Report what this host offers (KVM, PMU, single-step, QEMU) and which backends work.
+    Doctor {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Log(c) => cmd::log::run(c),
         Command::System(c) => cmd::system::run(c),
+        Command::Doctor { json } => cmd::doctor::run(json),
     };
     match result {
         Ok(code) => code,

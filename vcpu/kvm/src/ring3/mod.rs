@@ -133,6 +133,26 @@ pub enum Ring3End {
     /// The guest triple-faulted (should not happen: the fault path is
     /// always mapped). The vCPU was recreated.
     TripleFault,
+    /// KVM reported a debug exit (only with [`GuestDebug`] enabled).
+    DebugExit {
+        /// The exception KVM reports (1 = #DB, 3 = #BP).
+        exception: u32,
+        /// Guest RIP KVM reports.
+        pc: u64,
+        /// DR6 at the exit.
+        dr6: u64,
+    },
+}
+
+/// KVM guest-debug modes the oracle can turn on (for probing the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestDebug {
+    /// No guest debugging (the default).
+    Off,
+    /// KVM_GUESTDBG_SINGLESTEP: a debug exit after every guest instruction.
+    SingleStep,
+    /// KVM_GUESTDBG_USE_HW_BP with an execute breakpoint at this address.
+    HwBreakpoint(u64),
 }
 
 /// The result of one block.
@@ -235,6 +255,29 @@ impl Ring3Runner {
         vcpu.set_cpuid2(&cpuid)
             .map_err(KvmSetupError::ioctl("KVM_SET_CPUID2"))?;
         Ok(vcpu)
+    }
+
+    /// Turn KVM guest debugging on or off for the following runs.
+    pub fn set_guest_debug(&mut self, mode: GuestDebug) -> Result<(), Ring3Error> {
+        use kvm_bindings::{
+            KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, kvm_guest_debug,
+        };
+        let mut dbg = kvm_guest_debug::default();
+        match mode {
+            GuestDebug::Off => {}
+            GuestDebug::SingleStep => {
+                dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+            }
+            GuestDebug::HwBreakpoint(addr) => {
+                dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+                dbg.arch.debugreg[0] = addr;
+                // DR7: L0 enabled, R/W0 = 00 (execute), LEN0 = 00.
+                dbg.arch.debugreg[7] = 1;
+            }
+        }
+        self.vcpu
+            .set_guest_debug(&dbg)
+            .map_err(kvm_err("KVM_SET_GUEST_DEBUG"))
     }
 
     /// How long a block may run before it is stopped with [`Ring3End::Timeout`]
@@ -358,6 +401,10 @@ impl Ring3Runner {
                 }
             }
             RawExit::Interrupted => Ring3End::Timeout,
+            RawExit::Debug { exception, pc, dr6 } => {
+                self.sregs_dirty = true;
+                Ring3End::DebugExit { exception, pc, dr6 }
+            }
             RawExit::Shutdown => {
                 self.vcpu = Self::new_vcpu(&self.kvm, &self.vm)?;
                 self.sregs_dirty = true;
@@ -380,15 +427,15 @@ impl Ring3Runner {
         let vector = ((regs.rip - STUBS_BASE) / STUB_SIZE) as u8;
         let mut at = regs.rsp;
         let error_code = if Exception::vector_has_error_code(vector) {
-            at += 8;
+            at = at.wrapping_add(8);
             Some(self.read_u64(regs.rsp)? as u32)
         } else {
             None
         };
         let rip = self.read_u64(at)?;
-        let cs = self.read_u64(at + 8)?;
-        let rflags = self.read_u64(at + 16)?;
-        let rsp = self.read_u64(at + 24)?;
+        let cs = self.read_u64(at.wrapping_add(8))?;
+        let rflags = self.read_u64(at.wrapping_add(16))?;
+        let rsp = self.read_u64(at.wrapping_add(24))?;
         if cs as u16 != USER_CS {
             return Err(Ring3Error::UnexpectedExit(format!(
                 "exception {vector} taken with CS {cs:#x}, not from the ring-3 block \
@@ -463,6 +510,11 @@ impl Ring3Runner {
                 out: false,
             }),
             Ok(VcpuExit::Shutdown) => Ok(RawExit::Shutdown),
+            Ok(VcpuExit::Debug(d)) => Ok(RawExit::Debug {
+                exception: d.exception,
+                pc: d.pc,
+                dr6: d.dr6,
+            }),
             Ok(other) => Err(Ring3Error::UnexpectedExit(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR => Ok(RawExit::Interrupted),
             Err(e) => Err(Ring3Error::Kvm {
@@ -548,6 +600,7 @@ pub struct LoopBench {
 
 enum RawExit {
     Io { port: u16, size: u8, out: bool },
+    Debug { exception: u32, pc: u64, dr6: u64 },
     Interrupted,
     Shutdown,
 }
