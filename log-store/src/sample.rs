@@ -4,7 +4,7 @@
 //! can rebuild exactly what must be in the log.
 
 use motion_records::{
-    CounterMode, CpuidEntry, Digest, DmaWrite, Interrupt, MachineInfo, MmioRead, PortIn, Rdrand,
+    CounterMode, CpuidPolicy, Digest, DmaWrite, Interrupt, MachineInfo, MmioRead, PortIn, Rdrand,
     Rdtsc, Record, SerialInput,
 };
 use vcpu::{Regs, RetiredCounts, Timepoint};
@@ -18,16 +18,7 @@ pub fn machine() -> MachineInfo {
         memory_bytes: 128 << 20,
         guest_image: *blake3::hash(b"synthetic guest").as_bytes(),
         disk_image: Some(*blake3::hash(b"synthetic disk").as_bytes()),
-        cpuid: (0..8)
-            .map(|leaf| CpuidEntry {
-                leaf,
-                subleaf: 0,
-                eax: leaf * 3,
-                ebx: 0x756e_6547,
-                ecx: 0x6c65_746e,
-                edx: 0x4965_6e69,
-            })
-            .collect(),
+        cpuid: CpuidPolicy::baseline(),
         counter_mode: CounterMode::Exact,
     }
 }

@@ -17,7 +17,9 @@
 pub mod machine;
 pub mod record;
 
-pub use machine::{CounterMode, CpuidEntry, MachineInfo};
+pub use machine::{
+    CounterMode, CpuidEntry, CpuidPolicy, MachineInfo, counter_mode_name, parse_counter_mode,
+};
 pub use record::{
     Digest, DmaWrite, End, EndStatus, Interrupt, MmioBytes, MmioRead, PortIn, Rdrand, Rdseed,
     Rdtsc, Rdtscp, Record, RecordType, SerialInput,

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use vcpu::{CounterMode, CpuidEntry, CpuidPolicy};
+
 use crate::Hash32;
 
 /// What machine was recorded. Replay checks it before running anything: a
@@ -22,56 +24,25 @@ pub struct MachineInfo {
     /// BLAKE3 of the disk image at the start of recording, if the machine had one.
     pub disk_image: Option<Hash32>,
     /// The CPUID values the guest was shown.
-    pub cpuid: Vec<CpuidEntry>,
+    pub cpuid: CpuidPolicy,
     /// How asynchronous events were timed.
     pub counter_mode: CounterMode,
 }
 
-/// One CPUID answer: (leaf, subleaf) → (eax, ebx, ecx, edx).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct CpuidEntry {
-    pub leaf: u32,
-    pub subleaf: u32,
-    pub eax: u32,
-    pub ebx: u32,
-    pub ecx: u32,
-    pub edx: u32,
-}
-
-/// How the recorder placed asynchronous events in the instruction stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CounterMode {
-    /// A precise retired-branch counter: events land at arbitrary instruction
-    /// boundaries, named by their timepoint.
-    Exact,
-    /// No precise counter: events were delivered only at deterministic exits,
-    /// so their timepoints are exit points.
-    ExitSynchronous,
-}
-
-impl CounterMode {
-    /// The name used in the CLI and JSON (`exact`, `exit-synchronous`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CounterMode::Exact => "exact",
-            CounterMode::ExitSynchronous => "exit-synchronous",
-        }
-    }
-
-    /// Parse [`CounterMode::as_str`]'s names.
-    pub fn parse(name: &str) -> Option<CounterMode> {
-        match name {
-            "exact" => Some(CounterMode::Exact),
-            "exit-synchronous" => Some(CounterMode::ExitSynchronous),
-            _ => None,
-        }
+/// The name of a counter mode in the CLI and JSON (`exact`, `exit-synchronous`).
+pub fn counter_mode_name(mode: CounterMode) -> &'static str {
+    match mode {
+        CounterMode::Exact => "exact",
+        CounterMode::ExitSynchronous => "exit-synchronous",
     }
 }
 
-impl std::fmt::Display for CounterMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// Parse [`counter_mode_name`]'s names.
+pub fn parse_counter_mode(name: &str) -> Option<CounterMode> {
+    match name {
+        "exact" => Some(CounterMode::Exact),
+        "exit-synchronous" => Some(CounterMode::ExitSynchronous),
+        _ => None,
     }
 }
 
@@ -113,14 +84,7 @@ mod tests {
             memory_bytes: 64 << 20,
             guest_image: [7; 32],
             disk_image: None,
-            cpuid: vec![CpuidEntry {
-                leaf: 1,
-                subleaf: 0,
-                eax: 1,
-                ebx: 2,
-                ecx: 3,
-                edx: 4,
-            }],
+            cpuid: CpuidPolicy::baseline(),
             counter_mode: CounterMode::ExitSynchronous,
         };
         let mut b = m.to_bytes();
@@ -128,7 +92,7 @@ mod tests {
         b.push(0);
         assert!(MachineInfo::from_bytes(&b).is_err());
         assert_eq!(
-            CounterMode::parse("exit-synchronous"),
+            parse_counter_mode(counter_mode_name(CounterMode::ExitSynchronous)),
             Some(CounterMode::ExitSynchronous)
         );
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use log_store::{Scan, format::BLOCK_HEADER_LEN};
-use motion_records::{RecordType, hex};
+use motion_records::{RecordType, counter_mode_name, hex};
 use serde_json::{Value, json};
 
 /// `motion log` subcommands.
@@ -107,14 +107,14 @@ fn inspect(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
             m.guest_name,
             m.vcpus,
             m.memory_bytes >> 20,
-            m.counter_mode
+            counter_mode_name(m.counter_mode)
         );
         println!("guest image: {}", hex(&m.guest_image));
         println!(
             "disk image:  {}",
             m.disk_image.as_ref().map_or("none".to_string(), |h| hex(h))
         );
-        println!("cpuid:    {} entries", m.cpuid.len());
+        println!("cpuid:    {} entries", m.cpuid.entries.len());
     }
     println!("records:  {} in {} blocks", s.records, s.blocks.len());
     for (id, n) in &s.counts {
@@ -145,8 +145,8 @@ fn inspect(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                 "memory_bytes": m.memory_bytes,
                 "guest_image": hex(&m.guest_image),
                 "disk_image": m.disk_image.as_ref().map(|h| hex(h)),
-                "cpuid_entries": m.cpuid.len(),
-                "counter_mode": m.counter_mode.as_str(),
+                "cpuid_entries": m.cpuid.entries.len(),
+                "counter_mode": counter_mode_name(m.counter_mode),
             })
         });
         let counts: serde_json::Map<String, Value> = s
