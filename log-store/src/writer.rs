@@ -170,6 +170,42 @@ impl std::fmt::Debug for LogWriter {
     }
 }
 
+/// Rename `from` to `to` unless `to` exists (never replacing a log), with
+/// `renameat2(RENAME_NOREPLACE)`; where the filesystem lacks it, hard-link
+/// then unlink, which is equally no-clobber. (The log domain's seccomp
+/// filter allows `renameat2` and `unlinkat`.)
+fn move_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (cfrom, cto) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call;
+    // renameat2 reads them and touches no other memory of ours.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cfrom.as_ptr(),
+            libc::AT_FDCWD,
+            cto.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        _ => Err(e),
+    }
+}
+
 fn sync_dir(path: &Path) -> Result<(), LogError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -216,7 +252,7 @@ impl LogWriter {
     }
 
     /// Create a new log. The header is written to a temporary name, fsynced
-    /// and then linked into place, so `path` either does not exist or holds a
+    /// and then renamed into place (no-clobber), so `path` either does not exist or holds a
     /// complete header; an existing `path` is never replaced.
     pub fn create(
         path: impl AsRef<Path>,
@@ -234,7 +270,7 @@ impl LogWriter {
         let tmp = path.with_file_name(tmp_name);
         let mut file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .append(true)
             .create_new(true)
             .open(&tmp)
             .map_err(|e| LogError::io("create", &tmp, e))?;
@@ -243,15 +279,17 @@ impl LogWriter {
             .and_then(|_| file.sync_all())
             .map_err(|e| LogError::io("write header to", &tmp, e))
             .and_then(|_| {
-                std::fs::hard_link(&tmp, path).map_err(|e| {
+                move_into_place(&tmp, path).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::AlreadyExists {
                         LogError::Exists(path.to_path_buf())
                     } else {
-                        LogError::io("link", path, e)
+                        LogError::io("move into place", path, e)
                     }
                 })
             });
-        let _ = std::fs::remove_file(&tmp);
+        if linked.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
         linked?;
         sync_dir(path)?;
         let chain = format::genesis_hash(&header);
