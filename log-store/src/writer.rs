@@ -130,6 +130,9 @@ pub struct EncodedRecord<'a> {
     pub type_id: u16,
     /// The payload.
     pub payload: &'a [u8],
+    /// The timepoint the producer says the record has; it must be the one
+    /// the payload holds (the index is built from it).
+    pub timepoint: Option<vcpu::Timepoint>,
 }
 
 /// Appends records to a log file.
@@ -470,7 +473,14 @@ impl LogWriter {
             }
             let decoded =
                 Record::decode(r.type_id, r.payload).map_err(|e| invalid(e.to_string()))?;
-            self.scratch_tps.push(decoded.timepoint().copied());
+            let tp = decoded.timepoint().copied();
+            if tp != r.timepoint {
+                return Err(invalid(format!(
+                    "timepoint {:?} disagrees with the payload's {tp:?}",
+                    r.timepoint
+                )));
+            }
+            self.scratch_tps.push(tp);
         }
         for (i, r) in records.iter().enumerate() {
             let start = format::begin_frame(&mut self.frames);

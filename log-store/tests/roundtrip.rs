@@ -351,9 +351,11 @@ fn encoded_batches_are_validated_whole() {
         .collect();
     let encoded: Vec<EncodedRecord<'_>> = payloads
         .iter()
-        .map(|(t, p)| EncodedRecord {
+        .zip(&records)
+        .map(|((t, p), r)| EncodedRecord {
             type_id: *t,
             payload: p,
+            timepoint: r.timepoint().copied(),
         })
         .collect();
     let mut w = LogWriter::create(
@@ -370,6 +372,7 @@ fn encoded_batches_are_validated_whole() {
     bad[57] = EncodedRecord {
         type_id: 999,
         payload: b"x",
+        timepoint: None,
     };
     let e = w.append_encoded(&bad).unwrap_err();
     assert!(
@@ -379,10 +382,19 @@ fn encoded_batches_are_validated_whole() {
     bad[57] = EncodedRecord {
         type_id: RecordType::Rdtsc.id(),
         payload: &[0xff],
+        timepoint: None,
     };
     assert!(matches!(
         w.append_encoded(&bad),
         Err(LogError::InvalidRecord { index: 57, .. })
+    ));
+    // A timepoint that is not the payload's.
+    let mut lying = encoded[300..].to_vec();
+    let k = lying.iter().position(|r| r.timepoint.is_some()).unwrap();
+    lying[k].timepoint = None;
+    assert!(matches!(
+        w.append_encoded(&lying),
+        Err(LogError::InvalidRecord { .. })
     ));
     assert_eq!(w.ack().appended, 300);
 

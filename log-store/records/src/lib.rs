@@ -16,6 +16,7 @@
 
 pub mod machine;
 pub mod record;
+pub mod session;
 
 pub use machine::{
     CounterMode, CpuidEntry, CpuidPolicy, MachineInfo, counter_mode_name, parse_counter_mode,
