@@ -103,6 +103,14 @@ fn fuzz_entry_survives_a_seeded_corpus() {
         log_store::fuzz_read(&with_magic);
         inputs += 2;
     }
+    // Record payloads: valid encodings of every type, mutated, behind their type id.
+    for i in 0..2000u64 {
+        let r = sample::mixed(7, i);
+        let mut data = (r.record_type().id()).to_le_bytes().to_vec();
+        data.extend(r.to_payload().unwrap());
+        log_store::fuzz_read(&mutate(&mut rng, &data));
+        inputs += 1;
+    }
     for i in 0..4000 {
         let base = &bases[i % bases.len()];
         log_store::fuzz_read(&mutate(&mut rng, base));
