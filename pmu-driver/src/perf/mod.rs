@@ -18,11 +18,13 @@
 //! hardware event fails with ENOENT. The probe says exactly that; the
 //! software-event checks show the signal plumbing itself works.
 
+mod bank;
 mod counter;
 mod error;
 mod probe;
 mod signal;
 
+pub use bank::PerfBank;
 pub use counter::{CounterSpec, IDLE_PERIOD, PerfCounter, PerfEvent, Target};
 pub use error::{Cause, PerfError, errno_name, read_paranoid};
 pub use probe::{Check, PerfProbe, probe};
