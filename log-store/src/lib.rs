@@ -17,6 +17,7 @@ pub mod format;
 pub mod reader;
 pub mod sample;
 pub mod scan;
+pub mod service;
 pub mod source;
 pub mod writer;
 

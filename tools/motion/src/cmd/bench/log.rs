@@ -7,6 +7,12 @@
 //! records and disk, is the least a log could do: postcard-encode each record
 //! and write the bytes, with no framing, CRC, hash chain, compression, index
 //! or fsync.
+//!
+//! Across processes, this binary starts itself again as a log-store process
+//! serving `LogAppend` over a seqpacket socket (its standard input) and
+//! streams the same small records to it through the `Appender`, as the
+//! monitor does; the baseline is the same stream to a server that
+//! acknowledges without storing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +43,17 @@ pub struct LogBenchArgs {
     /// End with one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Internal: be the log-store process of the cross-process run, serving
+    /// `LogAppend` on standard input (a seqpacket socket) in this directory.
+    #[arg(long, hide = true)]
+    serve_dir: Option<PathBuf>,
+    /// Internal: be a server that acknowledges without storing (the IPC
+    /// baseline of the cross-process run).
+    #[arg(long, hide = true)]
+    serve_null: bool,
 }
+
+mod xproc;
 
 /// Target from issue 6 for small records in process.
 const INPROC_TARGET: f64 = 2_000_000.0;
@@ -143,6 +159,12 @@ fn baseline_run(
 
 /// Run the benchmark.
 pub fn run(args: LogBenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.serve_dir {
+        return xproc::serve(Some(dir));
+    }
+    if args.serve_null {
+        return xproc::serve(None);
+    }
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let small: Vec<Record> = (0..args.records).map(|i| sample::small(1, i)).collect();
@@ -163,6 +185,7 @@ pub fn run(args: LogBenchArgs) -> anyhow::Result<ExitCode> {
         Durability::EveryBatch,
     )?;
 
+    let xproc = xproc::measure(&dir, &small);
     let inproc = log_small.per_s();
     let bytes_per_record = log_mixed.file_bytes as f64 / log_mixed.records as f64;
     let raw_per_record = log_mixed.raw_bytes as f64 / log_mixed.records as f64;
@@ -203,9 +226,21 @@ pub fn run(args: LogBenchArgs) -> anyhow::Result<ExitCode> {
         "bytes per record (realistic mix): postcard payload {encoded_per_record:.1}, framed raw {raw_per_record:.1}, on disk {bytes_per_record:.1} (compression {:.2}:1)",
         raw_per_record / bytes_per_record
     );
-    println!(
-        "across processes: not measured: the motion-ipc transport has not landed on this branch yet (target >= {XPROC_TARGET:.0}/s)"
-    );
+    match &xproc {
+        Ok((log, null)) => println!(
+            "across processes (LogAppend over a seqpacket socket to a log-store process, batches of {}): {:>10.0} records/s  baseline same IPC, server stores nothing {:>10.0}/s  ratio {:.2}  target >= {XPROC_TARGET:.0}/s: {}",
+            xproc::BATCH,
+            log.per_s(),
+            null.per_s(),
+            log.per_s() / null.per_s(),
+            if log.per_s() >= XPROC_TARGET {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+        Err(e) => println!("across processes: not measured: {e:#}"),
+    }
     if args.json {
         let v = json!({
             "inproc_records_per_s": inproc,
@@ -214,8 +249,9 @@ pub fn run(args: LogBenchArgs) -> anyhow::Result<ExitCode> {
             "inproc_mixed_records_per_s": log_mixed.per_s(),
             "inproc_mixed_baseline_records_per_s": base_mixed.per_s(),
             "every_batch_records_per_s": log_sync.per_s(),
-            "xproc_records_per_s": null,
-            "xproc_note": "not measured: motion-ipc transport not available",
+            "xproc_records_per_s": xproc.as_ref().ok().map(|(l, _)| l.per_s()),
+            "xproc_baseline_records_per_s": xproc.as_ref().ok().map(|(_, n)| n.per_s()),
+            "xproc_error": xproc.as_ref().err().map(|e| format!("{e:#}")),
             "bytes_per_record": bytes_per_record,
             "raw_bytes_per_record": raw_per_record,
             "payload_bytes_per_record": encoded_per_record,
