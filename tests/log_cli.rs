@@ -115,3 +115,43 @@ fn verify_passes_intact_logs_and_pinpoints_damage() {
     let out = motion(&["log", "verify"], &dir.path().join("missing"));
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_log_reports_in_and_across_process_figures() {
+    let out = Command::new(motion_bin())
+        .args([
+            "bench",
+            "log",
+            "--records",
+            "20000",
+            "--mixed",
+            "5000",
+            "--json",
+        ])
+        .output()
+        .expect("run motion");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = last_json(&out);
+    for key in [
+        "inproc_records_per_s",
+        "inproc_baseline_records_per_s",
+        "xproc_records_per_s",
+        "xproc_baseline_records_per_s",
+        "bytes_per_record",
+        "raw_bytes_per_record",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    // Compressed is smaller than framed raw for the mix.
+    assert!(
+        v["bytes_per_record"].as_f64() < v["raw_bytes_per_record"].as_f64(),
+        "{v}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("baseline"), "{text}");
+}
