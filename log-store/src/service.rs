@@ -404,7 +404,15 @@ impl ReadSession {
                         what: e.to_string(),
                     })?;
                     let size = payload.len() + append::Record::MAX_OVERHEAD;
-                    if bytes + size > READ_REPLY_BUDGET && !records.is_empty() {
+                    if bytes + size > READ_REPLY_BUDGET {
+                        if records.is_empty() {
+                            return Err(LogReadError::Storage {
+                                what: format!(
+                                    "record {from} ({} bytes) does not fit in one message",
+                                    payload.len()
+                                ),
+                            });
+                        }
                         break;
                     }
                     bytes += size;
