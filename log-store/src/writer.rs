@@ -268,6 +268,13 @@ impl LogWriter {
             return Err(LogError::Exists(path.to_path_buf()));
         }
         let header = format::encode_file_header(machine);
+        if header.len() > format::FILE_HEADER_FIXED + format::MAX_MACHINE_LEN as usize + 4 {
+            return Err(LogError::Config(format!(
+                "machine description of {} bytes exceeds the {}-byte maximum",
+                header.len() - format::FILE_HEADER_FIXED - 4,
+                format::MAX_MACHINE_LEN
+            )));
+        }
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(format!(".creating-{}", std::process::id()));
         let tmp = path.with_file_name(tmp_name);

@@ -440,3 +440,13 @@ fn a_seal_torn_by_a_crash_is_cut_back_to_the_blocks() {
         );
     }
 }
+
+#[test]
+fn an_oversized_machine_description_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = sample::machine();
+    m.guest_name = "x".repeat(2 << 20);
+    let e = LogWriter::create(dir.path().join("m.log"), &m, WriterConfig::default()).unwrap_err();
+    assert!(matches!(e, LogError::Config(_)), "{e}");
+    assert!(!dir.path().join("m.log").exists());
+}
