@@ -39,6 +39,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cpu;
 pub mod exec;
 pub mod exits;
