@@ -57,6 +57,12 @@ pub mod op {
     pub const INC: u8 = 6;
     /// a - 1 with CF kept in `b`.
     pub const DEC: u8 = 7;
+    /// a << b, 0 < b < size in bits.
+    pub const SHL: u8 = 8;
+    /// a >> b (logical), 0 < b < size in bits.
+    pub const SHR: u8 = 9;
+    /// a >> b (arithmetic, `a` sign-extended to 64 bits), 0 < b < size in bits.
+    pub const SAR: u8 = 10;
 }
 
 /// Pending flag computation.
@@ -115,6 +121,8 @@ impl Lazy {
             op::SBB1 => self.a & m <= self.b & m,
             op::LOGIC => false,
             op::INC | op::DEC => self.b != 0,
+            op::SHL => (self.a >> ((self.sz as u64 * 8 - self.b) & 63)) & 1 != 0,
+            op::SHR | op::SAR => (self.a >> ((self.b - 1) & 63)) & 1 != 0,
             _ => rf & CF != 0,
         }
     }
@@ -129,7 +137,9 @@ impl Lazy {
             op::SUB | op::SBB1 => (((a ^ b) & (a ^ r) & s) != 0, (a ^ b ^ r) & 0x10 != 0),
             op::INC => (r & mask(self.sz) == s, (a ^ r) & 0x10 != 0),
             op::DEC => (a & mask(self.sz) == s, (a ^ r) & 0x10 != 0),
-            op::LOGIC => (false, false),
+            op::LOGIC | op::SAR => (false, false),
+            op::SHL => ((r & s != 0) != (cf != 0), false),
+            op::SHR => (a & s != 0, false),
             _ => return rf & ARITH,
         };
         cf | szp(r, self.sz) | if of { OF } else { 0 } | if af { AF } else { 0 }
@@ -166,7 +176,15 @@ impl Lazy {
                     _ => return eval(self.compute(rf), cc),
                 }
             }
-            _ => return eval(self.compute(rf), cc),
+            op::NONE => return eval(rf, cc),
+            _ => {
+                let r = self.res & m;
+                match cc >> 1 {
+                    2 => r == 0,
+                    4 => r & sign(self.sz) != 0,
+                    _ => return eval(self.compute(rf), cc),
+                }
+            }
         };
         v ^ (cc & 1 != 0)
     }

@@ -374,7 +374,22 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                 M::Sal => 6,
                 _ => 7,
             };
-            alu::shift
+            let bits = o.sz as u64 * 8;
+            let k = match o.cc {
+                4 | 6 => Some(0),
+                5 => Some(1),
+                7 => Some(2),
+                _ => None,
+            };
+            match k {
+                Some(k) if o.sk == kind::IMM && (o.imm & if o.sz == 8 { 63 } else { 31 }) > 0
+                    && (o.imm & if o.sz == 8 { 63 } else { 31 }) < bits =>
+                {
+                    o.imm &= if o.sz == 8 { 63 } else { 31 };
+                    alu::shift_imm_handler(k, o.sz)
+                }
+                _ => alu::shift,
+            }
         }
         M::Shld | M::Shrd => {
             if !two(&mut o, i, bitness) {

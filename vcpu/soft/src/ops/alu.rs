@@ -280,6 +280,34 @@ pub fn incdec_r<const DEC: bool, const SZ: u8>(c: &mut Cpu, o: &Op) -> Flow {
     Flow::Next
 }
 
+/// SHL (`K` 0), SHR (1), SAR (2) by an immediate count `0 < imm < bits`, lazy flags.
+pub fn shift_imm<const K: u8, const SZ: u8>(c: &mut Cpu, o: &Op) -> Flow {
+    let (a, addr) = t!(c.dst(o, SZ));
+    let n = o.imm & 63;
+    let m = mask(SZ);
+    let (r, lop, la) = match K {
+        0 => ((a << n) & m, fop::SHL, a),
+        1 => (a >> n, fop::SHR, a),
+        _ => {
+            let s = sign(SZ);
+            let sa = (a ^ s).wrapping_sub(s);
+            (((sa as i64) >> n) as u64 & m, fop::SAR, sa)
+        }
+    };
+    t!(c.put(o, SZ, addr, r));
+    c.set_lazy(lop, SZ, la, n, r);
+    Flow::Next
+}
+
+/// The immediate-count shift handler (`k` 0 SHL, 1 SHR, 2 SAR).
+pub fn shift_imm_handler(k: u8, sz: u8) -> Handler {
+    match k {
+        0 => sized!(shift_imm, sz, 0),
+        1 => sized!(shift_imm, sz, 1),
+        _ => sized!(shift_imm, sz, 2),
+    }
+}
+
 /// The register INC/DEC handler for a size.
 pub fn incdec_handler(dec: bool, sz: u8) -> Handler {
     if dec { sized!(incdec_r, sz, true) } else { sized!(incdec_r, sz, false) }
