@@ -44,6 +44,7 @@ pub mod cpu;
 pub mod exec;
 pub mod exits;
 pub mod flags;
+pub mod fuzz;
 pub mod interrupt;
 pub mod mem;
 pub mod op;
