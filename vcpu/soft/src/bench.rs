@@ -1,6 +1,8 @@
 //! Benchmark workloads: position-independent 64-bit code blobs that run the
 //! same at CPL 0 in the soft vCPU and at CPL 3 natively (they touch only
-//! registers and the memory given to them, and end with `out 0xf4, al`).
+//! registers and the data area at 0x200000, 64 KiB — the ring-3 oracle's
+//! layout). A blob ends by falling through its last byte; each runner
+//! appends its own terminator (`out`).
 //!
 //! The encodings are written out by hand so the library needs no assembler.
 
@@ -16,13 +18,13 @@ use crate::SoftVcpu;
 pub struct Workload {
     /// Name for reports.
     pub name: &'static str,
-    /// The code (ends with `out 0xf4, al`).
+    /// The code (falls through its last byte when done).
     pub code: Vec<u8>,
     /// Initial RSI/RDI (data addresses relative to the data area base, which the runner adds).
     pub data_offsets: (u64, u64),
     /// Bytes of data area the workload touches.
     pub data_len: u64,
-    /// Instructions retired up to and including the final OUT.
+    /// Instructions retired by the code (not counting a terminator).
     pub instructions: u64,
 }
 
@@ -44,20 +46,19 @@ pub fn loop_workload(iters: u32) -> Workload {
     c.extend_from_slice(&[0x48, 0xff, 0xc9]); // dec rcx
     let rel = top as i64 - (c.len() as i64 + 2);
     c.extend_from_slice(&[0x75, rel as i8 as u8]); // jnz top
-    c.extend_from_slice(&[0xe6, 0xf4]); // out 0xf4, al
     Workload {
         name: "loop",
         code: c,
         data_offsets: (0, 0),
         data_len: 0,
-        instructions: 3 + 6 * iters as u64 + 1,
+        instructions: 3 + 6 * iters as u64,
     }
 }
 
-/// Memory-heavy: copy-and-transform a 64 KiB array of u64 `passes` times
-/// (load, add, store, index arithmetic: seven instructions per element).
+/// Memory-heavy: copy-and-transform a 32 KiB array of u64 into another,
+/// back and forth, `passes` times (load, add, store, xor, dec, jnz per element).
 pub fn mem_workload(passes: u32) -> Workload {
-    const N: u32 = 8192; // u64 elements
+    const N: u32 = 4096; // u64 elements
     let mut c = vec![0x41, 0xb8];
     c.extend_from_slice(&imm32(passes)); // mov r8d, passes
     let outer = c.len();
@@ -76,13 +77,12 @@ pub fn mem_workload(passes: u32) -> Workload {
     let rel = outer as i64 - (c.len() as i64 + 6);
     c.extend_from_slice(&[0x0f, 0x85]);
     c.extend_from_slice(&(rel as i32).to_le_bytes()); // jnz outer
-    c.extend_from_slice(&[0xe6, 0xf4]); // out 0xf4, al
     Workload {
         name: "mem",
         code: c,
         data_offsets: (0, 8 * N as u64),
         data_len: 16 * N as u64,
-        instructions: 1 + passes as u64 * (1 + 6 * N as u64 + 3) + 1,
+        instructions: 1 + passes as u64 * (1 + 6 * N as u64 + 3),
     }
 }
 
@@ -119,7 +119,9 @@ pub fn run_soft(w: &Workload) -> Result<Measured, VcpuError> {
     for i in 0..4u64 {
         wr(0x3000 + i * 8, (i << 21) | 0x83)?;
     }
-    mem.write_slice(&w.code, GuestAddress(CODE))
+    let mut code = w.code.clone();
+    code.extend_from_slice(&[0xe6, 0xf0]); // out 0xf0, al
+    mem.write_slice(&code, GuestAddress(CODE))
         .map_err(|e| VcpuError::Backend(format!("guest memory: {e}")))?;
     let mut v = SoftVcpu::new(mem);
     let code = Segment {
@@ -177,7 +179,7 @@ pub fn run_soft(w: &Workload) -> Result<Measured, VcpuError> {
         return Err(VcpuError::Backend(format!("workload {} ended with {x:?}", w.name)));
     }
     v.complete(Completion::Retire)?;
-    let n = v.retired().map(|r| r.instructions).unwrap_or(0) + 1;
+    let n = v.retired().map(|r| r.instructions).unwrap_or(0);
     if n != w.instructions {
         return Err(VcpuError::Backend(format!(
             "workload {} retired {n} instructions, expected {}",
