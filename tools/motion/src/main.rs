@@ -22,12 +22,16 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Benchmarks (each figure beside its baseline from the same run).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(code) => code,

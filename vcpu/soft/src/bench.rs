@@ -176,7 +176,10 @@ pub fn run_soft(w: &Workload) -> Result<Measured, VcpuError> {
     let x = v.run()?;
     let elapsed = start.elapsed();
     if x.reason != ExitReason::IoInstruction {
-        return Err(VcpuError::Backend(format!("workload {} ended with {x:?}", w.name)));
+        return Err(VcpuError::Backend(format!(
+            "workload {} ended with {x:?}",
+            w.name
+        )));
     }
     v.complete(Completion::Retire)?;
     let n = v.retired().map(|r| r.instructions).unwrap_or(0);

@@ -336,7 +336,11 @@ impl Cpu {
         } else {
             16
         };
-        self.lin_mask = if self.long_mode() { u64::MAX } else { 0xffff_ffff };
+        self.lin_mask = if self.long_mode() {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        };
         for i in 0..6 {
             self.seg_base[i] = if self.bitness == 64 && i < FS {
                 0

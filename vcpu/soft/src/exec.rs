@@ -184,7 +184,14 @@ impl Cache {
         Ok(id)
     }
 
-    fn translate(&mut self, c: &mut Cpu, rip: u64, lin: u64, gpage: u64, host: *mut u8) -> Result<u32, ()> {
+    fn translate(
+        &mut self,
+        c: &mut Cpu,
+        rip: u64,
+        lin: u64,
+        gpage: u64,
+        host: *mut u8,
+    ) -> Result<u32, ()> {
         if self.blocks.len() >= MAX_BLOCKS {
             self.flush(c);
             // The flush changed the epoch; re-fetch to re-mark the page.
@@ -218,7 +225,14 @@ impl Cache {
         }
         let mut ops = std::mem::take(&mut self.scratch);
         ops.clear();
-        crate::translate::translate_block(&buf[..avail], rip, c.bitness, in_page, MAX_BLOCK, &mut ops);
+        crate::translate::translate_block(
+            &buf[..avail],
+            rip,
+            c.bitness,
+            in_page,
+            MAX_BLOCK,
+            &mut ops,
+        );
         if ops.is_empty() {
             // The first instruction needs bytes from a page we cannot fetch: raise that fault now.
             let next = (lin | 0xfff).wrapping_add(1) & c.lin_mask;
@@ -269,7 +283,11 @@ impl Cache {
             let mut off = 0usize;
             for o in b.ops.iter() {
                 if o.rip == rip {
-                    return b.bytes.get(off..off + o.len as usize).map(|s| s.to_vec()).unwrap_or_default();
+                    return b
+                        .bytes
+                        .get(off..off + o.len as usize)
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default();
                 }
                 off += o.len as usize;
             }
@@ -391,9 +409,8 @@ pub fn rdpmc(c: &mut Cpu, _o: &Op) -> Flow {
         c.gp0();
         return Flow::Stop;
     }
-    let v = t!(
-        crate::pmu::guest_rdmsr(c, vcpu::pmu::msr::IA32_PMC0 + idx).ok_or(crate::cpu::Stopped)
-    );
+    let v =
+        t!(crate::pmu::guest_rdmsr(c, vcpu::pmu::msr::IA32_PMC0 + idx).ok_or(crate::cpu::Stopped));
     c.set(0, 4, v & 0xffff_ffff);
     c.set(2, 4, v >> 32);
     Flow::Next

@@ -99,7 +99,11 @@ pub fn sign(sz: u8) -> u64 {
 /// Parity flag of the low byte of `v`.
 #[inline(always)]
 pub fn parity(v: u64) -> u64 {
-    if (v as u8).count_ones() % 2 == 0 { PF } else { 0 }
+    if (v as u8).count_ones() % 2 == 0 {
+        PF
+    } else {
+        0
+    }
 }
 
 /// SF, ZF, PF of a result of size `sz`.
@@ -212,16 +216,42 @@ mod tests {
 
     #[test]
     fn fast_condition_paths_agree_with_materialized_flags() {
-        let vals = [0u64, 1, 0x7f, 0x80, 0xff, 0x7fff, 0x8000, 0xffff_ffff, 0x8000_0000_0000_0000, u64::MAX, 5];
+        let vals = [
+            0u64,
+            1,
+            0x7f,
+            0x80,
+            0xff,
+            0x7fff,
+            0x8000,
+            0xffff_ffff,
+            0x8000_0000_0000_0000,
+            u64::MAX,
+            5,
+        ];
         for &sz in &[1u8, 2, 4, 8] {
             for &a in &vals {
                 for &b in &vals {
                     for opk in [op::SUB, op::LOGIC] {
-                        let res = if opk == op::SUB { a.wrapping_sub(b) } else { a & b };
-                        let l = Lazy { op: opk, sz, res, a, b };
+                        let res = if opk == op::SUB {
+                            a.wrapping_sub(b)
+                        } else {
+                            a & b
+                        };
+                        let l = Lazy {
+                            op: opk,
+                            sz,
+                            res,
+                            a,
+                            b,
+                        };
                         let f = l.compute(0);
                         for cc in 0..16 {
-                            assert_eq!(l.cond(0, cc), eval(f, cc), "op {opk} sz {sz} a {a:#x} b {b:#x} cc {cc}");
+                            assert_eq!(
+                                l.cond(0, cc),
+                                eval(f, cc),
+                                "op {opk} sz {sz} a {a:#x} b {b:#x} cc {cc}"
+                            );
                         }
                     }
                 }
@@ -231,10 +261,22 @@ mod tests {
 
     #[test]
     fn add_sub_flags() {
-        let l = Lazy { op: op::ADD, sz: 1, res: 0x80, a: 0x7f, b: 1 };
+        let l = Lazy {
+            op: op::ADD,
+            sz: 1,
+            res: 0x80,
+            a: 0x7f,
+            b: 1,
+        };
         let f = l.compute(0);
         assert_eq!(f & (OF | SF | CF | ZF | AF), OF | SF | AF);
-        let l = Lazy { op: op::SUB, sz: 4, res: 0u64.wrapping_sub(1), a: 0, b: 1 };
+        let l = Lazy {
+            op: op::SUB,
+            sz: 4,
+            res: 0u64.wrapping_sub(1),
+            a: 0,
+            b: 1,
+        };
         assert_eq!(l.compute(0) & (CF | SF | ZF | OF), CF | SF);
     }
 }

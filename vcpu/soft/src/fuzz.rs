@@ -3,7 +3,9 @@
 //! Whatever the bytes do, the host must not panic; guest faults become guest
 //! exceptions or a triple fault, and every exit is answered.
 
-use vcpu::{Completion, ExitInfo, ExitReason, IoDirection, Regs, Segment, SpecialRegs, Vcpu, VcpuError};
+use vcpu::{
+    Completion, ExitInfo, ExitReason, IoDirection, Regs, Segment, SpecialRegs, Vcpu, VcpuError,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::SoftVcpu;
@@ -45,8 +47,15 @@ pub fn run_bytes(data: &[u8]) -> FuzzOutcome {
     // GDT: null, kcode64, kdata, ucode32, udata, ucode64, TSS.
     let gdt = 0x4000u64;
     let d = |code: bool, l: bool, dpl: u64| -> u64 {
-        0xffff | ((if code { 0xb } else { 0x3 }) << 40) | (1 << 44) | (dpl << 45) | (1 << 47) | (0xf << 48)
-            | ((l as u64) << 53) | (((!l) as u64) << 54) | (1 << 55)
+        0xffff
+            | ((if code { 0xb } else { 0x3 }) << 40)
+            | (1 << 44)
+            | (dpl << 45)
+            | (1 << 47)
+            | (0xf << 48)
+            | ((l as u64) << 53)
+            | (((!l) as u64) << 54)
+            | (1 << 55)
     };
     w(gdt + 8, d(true, true, 0));
     w(gdt + 0x10, d(false, false, 0));
@@ -64,8 +73,18 @@ pub fn run_bytes(data: &[u8]) -> FuzzOutcome {
     let _ = mem.write_slice(&[0x48, 0x83, 0xc4, 0x08, 0x48, 0xcf], GuestAddress(handler)); // add rsp,8; iretq
     let _ = mem.write_slice(&[0x48, 0xcf], GuestAddress(handler + 0x10)); // iretq
     for v in 0..256u64 {
-        let h = if vcpu::Exception::vector_has_error_code(v as u8) { handler } else { handler + 0x10 };
-        let lo = (h & 0xffff) | (8 << 16) | (((v & 1) as u64) << 32) | (0xe << 40) | (3 << 45) | (1 << 47) | ((h >> 16) << 48);
+        let h = if vcpu::Exception::vector_has_error_code(v as u8) {
+            handler
+        } else {
+            handler + 0x10
+        };
+        let lo = (h & 0xffff)
+            | (8 << 16)
+            | ((v & 1) << 32)
+            | (0xe << 40)
+            | (3 << 45)
+            | (1 << 47)
+            | ((h >> 16) << 48);
         w(idt + v * 16, lo);
         w(idt + v * 16 + 8, 0);
     }
@@ -109,8 +128,14 @@ pub fn run_bytes(data: &[u8]) -> FuzzOutcome {
             unusable: true,
             ..Default::default()
         },
-        gdt: vcpu::DescriptorTable { base: gdt, limit: 0x3f },
-        idt: vcpu::DescriptorTable { base: idt, limit: 0xfff },
+        gdt: vcpu::DescriptorTable {
+            base: gdt,
+            limit: 0x3f,
+        },
+        idt: vcpu::DescriptorTable {
+            base: idt,
+            limit: 0xfff,
+        },
         cr0: 0x8001_0033,
         cr3: 0x1000,
         cr4: 0x10620,
@@ -162,18 +187,33 @@ pub fn run_bytes(data: &[u8]) -> FuzzOutcome {
                     Completion::Retire
                 }
             }
-            (ExitReason::EptViolation, ExitInfo::Mmio { write_data: None, fetch: false, .. }) => {
-                Completion::MmioRead([0xa5; 16])
-            }
+            (
+                ExitReason::EptViolation,
+                ExitInfo::Mmio {
+                    write_data: None,
+                    fetch: false,
+                    ..
+                },
+            ) => Completion::MmioRead([0xa5; 16]),
             (ExitReason::EptViolation, ExitInfo::Mmio { fetch: true, .. }) => {
                 Completion::Fault(vcpu::Exception::GP0)
             }
-            (ExitReason::EptViolation, _) | (ExitReason::Hlt, _) | (ExitReason::Wrmsr, _) => Completion::Retire,
-            (ExitReason::Cpuid, _) => Completion::Cpuid { eax: 1, ebx: 2, ecx: 3, edx: 4 },
+            (ExitReason::EptViolation, _) | (ExitReason::Hlt, _) | (ExitReason::Wrmsr, _) => {
+                Completion::Retire
+            }
+            (ExitReason::Cpuid, _) => Completion::Cpuid {
+                eax: 1,
+                ebx: 2,
+                ecx: 3,
+                edx: 4,
+            },
             (ExitReason::Rdtsc, _) => Completion::Rdtsc(1000),
             (ExitReason::Rdtscp, _) => Completion::Rdtscp { tsc: 1000, aux: 1 },
             (ExitReason::Rdmsr, _) => Completion::Rdmsr(7),
-            (ExitReason::Rdrand, _) | (ExitReason::Rdseed, _) => Completion::Random { value: 9, valid: true },
+            (ExitReason::Rdrand, _) | (ExitReason::Rdseed, _) => Completion::Random {
+                value: 9,
+                valid: true,
+            },
             _ => continue,
         };
         if v.complete(c).is_err() {

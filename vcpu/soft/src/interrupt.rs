@@ -39,7 +39,13 @@ fn class(v: u8) -> u8 {
 }
 
 /// Deliver `vector` with the double-fault rules (SDM Vol. 3A, 6.15, Table 6-5).
-pub fn deliver(c: &mut Cpu, vector: u8, err: Option<u32>, kind: EventKind, return_rip: u64) -> Delivered {
+pub fn deliver(
+    c: &mut Cpu,
+    vector: u8,
+    err: Option<u32>,
+    kind: EventKind,
+    return_rip: u64,
+) -> Delivered {
     let (mut v, mut e, mut k) = (vector, err, kind);
     loop {
         match deliver_once(c, v, e, k, return_rip) {
@@ -54,7 +60,11 @@ pub fn deliver(c: &mut Cpu, vector: u8, err: Option<u32>, kind: EventKind, retur
                             x.info
                         ));
                     }
-                    other => return Delivered::Internal(format!("unexpected stop {other:?} in delivery")),
+                    other => {
+                        return Delivered::Internal(format!(
+                            "unexpected stop {other:?} in delivery"
+                        ));
+                    }
                 };
                 let (first, second) = (class(v), class(nv));
                 if first == 3 {
@@ -153,7 +163,13 @@ pub fn null_ss(cpl: u8) -> Segment {
 
 /// One delivery attempt; a nested fault is left in `c.stop`. Registers are
 /// only changed once nothing can fault any more.
-pub fn deliver_once(c: &mut Cpu, vector: u8, err: Option<u32>, kind: EventKind, return_rip: u64) -> R<()> {
+pub fn deliver_once(
+    c: &mut Cpu,
+    vector: u8,
+    err: Option<u32>,
+    kind: EventKind,
+    return_rip: u64,
+) -> R<()> {
     let ext = (kind != EventKind::Software) as u32;
     let idt_err = (vector as u32) * 8 + 2 + ext;
     let long = c.long_mode();
@@ -201,12 +217,16 @@ pub fn deliver_once(c: &mut Cpu, vector: u8, err: Option<u32>, kind: EventKind, 
     let old_cs = c.seg[CS].selector as u64;
     let old_ss = c.seg[SS].selector as u64;
     let old_rsp = c.gpr[4];
-    let ist = if long { ((lo >> 32) & 7) as u64 } else { 0 };
+    let ist = if long { (lo >> 32) & 7 } else { 0 };
 
     if long {
         let mut rsp = old_rsp;
         if new_cpl < c.cpl || ist != 0 {
-            let off = if ist != 0 { 0x24 + (ist - 1) * 8 } else { 4 + new_cpl as u64 * 8 };
+            let off = if ist != 0 {
+                0x24 + (ist - 1) * 8
+            } else {
+                4 + new_cpl as u64 * 8
+            };
             if off + 7 > c.tr.limit as u64 {
                 return Err(c.fault(10, Some(c.tr.selector as u32 & 0xfffc)));
             }

@@ -55,8 +55,8 @@ pub mod translate;
 use std::sync::Arc;
 
 use vcpu::{
-    Completion, Event, ExecControls, ExitInfo, ExitReason, FpuState, Kicker, PmuBank, Regs, RetiredCounts,
-    SpecialRegs, Vcpu, VcpuError, VmExit,
+    Completion, Event, ExecControls, ExitInfo, ExitReason, FpuState, Kicker, PmuBank, Regs,
+    RetiredCounts, SpecialRegs, Vcpu, VcpuError, VmExit,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -195,7 +195,12 @@ impl SoftVcpu {
     }
 
     /// Deliver an event; Some(exit) for a triple fault.
-    fn deliver(&mut self, vector: u8, err: Option<u32>, kind: EventKind) -> Result<Option<VmExit>, VcpuError> {
+    fn deliver(
+        &mut self,
+        vector: u8,
+        err: Option<u32>,
+        kind: EventKind,
+    ) -> Result<Option<VmExit>, VcpuError> {
         self.cpu.answers.clear();
         let rip = self.cpu.rip;
         match interrupt::deliver(&mut self.cpu, vector, err, kind, rip) {
@@ -230,7 +235,9 @@ impl SoftVcpu {
                     self.cpu.nmi_blocked = true;
                     self.deliver(2, None, EventKind::External)?
                 }
-                Event::Exception(e) => self.deliver(e.vector, e.error_code, EventKind::Exception)?,
+                Event::Exception(e) => {
+                    self.deliver(e.vector, e.error_code, EventKind::Exception)?
+                }
             };
             if let Some(x) = r {
                 return Ok(x);
@@ -307,7 +314,10 @@ impl SoftVcpu {
             if let Outcome::Stopped = out {
                 match std::mem::replace(&mut c.stop, Stop::None) {
                     Stop::Exception(v, e) => {
-                        if c.cpl_changed || c.insns >= self.insn_deadline || c.branches >= self.br_deadline {
+                        if c.cpl_changed
+                            || c.insns >= self.insn_deadline
+                            || c.branches >= self.br_deadline
+                        {
                             self.pmu_sync();
                         }
                         if let Some(x) = self.deliver(v, e, EventKind::Exception)? {
@@ -345,7 +355,12 @@ impl SoftVcpu {
                 delivered = true;
             }
             let c = &mut self.cpu;
-            if c.cpl_changed || c.pmu_dirty || self.host.dirty || c.insns >= self.insn_deadline || c.branches >= self.br_deadline {
+            if c.cpl_changed
+                || c.pmu_dirty
+                || self.host.dirty
+                || c.insns >= self.insn_deadline
+                || c.branches >= self.br_deadline
+            {
                 self.pmu_sync();
             }
             let c = &self.cpu;
@@ -367,10 +382,17 @@ impl Vcpu for SoftVcpu {
             return Err(VcpuError::ExitNotCompleted(e.reason));
         }
         if self.dead {
-            return Ok(mk_exit(ExitReason::TripleFault, self.cpu.rip, ExitInfo::None));
+            return Ok(mk_exit(
+                ExitReason::TripleFault,
+                self.cpu.rip,
+                ExitInfo::None,
+            ));
         }
         self.pmu_sync();
-        let timer_at = self.controls.preemption_timer.map(|t| self.cpu.insns.saturating_add(t));
+        let timer_at = self
+            .controls
+            .preemption_timer
+            .map(|t| self.cpu.insns.saturating_add(t));
         let r = self.run_inner(timer_at);
         if let Some(t) = timer_at {
             self.controls.preemption_timer = Some(t.saturating_sub(self.cpu.insns));
@@ -411,12 +433,23 @@ impl Vcpu for SoftVcpu {
             {
                 Answer::Value(completion)
             }
-            (ExitReason::EptViolation, ExitInfo::Mmio { write_data: None, fetch: false, .. }, Completion::MmioRead(b)) => {
-                Answer::Mmio(b)
-            }
-            (ExitReason::EptViolation, ExitInfo::Mmio { write_data: Some(_), .. }, Completion::Retire) => {
-                Answer::Mmio([0; 16])
-            }
+            (
+                ExitReason::EptViolation,
+                ExitInfo::Mmio {
+                    write_data: None,
+                    fetch: false,
+                    ..
+                },
+                Completion::MmioRead(b),
+            ) => Answer::Mmio(b),
+            (
+                ExitReason::EptViolation,
+                ExitInfo::Mmio {
+                    write_data: Some(_),
+                    ..
+                },
+                Completion::Retire,
+            ) => Answer::Mmio([0; 16]),
             (ExitReason::EptViolation, ExitInfo::Mmio { fetch: true, .. }, Completion::Retire) => {
                 // Retry the fetch (the monitor may have mapped RAM there).
                 return Ok(());
@@ -491,8 +524,11 @@ impl Vcpu for SoftVcpu {
                 what: "real mode (CR0.PE = 0)".into(),
             });
         }
-        if s.efer & cpu::efer::LMA != 0 && (s.cr0 & cpu::cr0::PG == 0 || s.cr4 & cpu::cr4::PAE == 0) {
-            return Err(VcpuError::InvalidState("EFER.LMA without CR0.PG and CR4.PAE".into()));
+        if s.efer & cpu::efer::LMA != 0 && (s.cr0 & cpu::cr0::PG == 0 || s.cr4 & cpu::cr4::PAE == 0)
+        {
+            return Err(VcpuError::InvalidState(
+                "EFER.LMA without CR0.PG and CR4.PAE".into(),
+            ));
         }
         self.pmu_sync();
         let c = &mut self.cpu;
@@ -555,7 +591,11 @@ impl Vcpu for SoftVcpu {
         self.pmu_sync();
         if let Some(r) = pmu::guest_wrmsr(&mut self.cpu, index, value) {
             self.pmu_sync();
-            return r.map_err(|()| VcpuError::InvalidState(format!("reserved bits writing {value:#x} to MSR {index:#x}")));
+            return r.map_err(|()| {
+                VcpuError::InvalidState(format!(
+                    "reserved bits writing {value:#x} to MSR {index:#x}"
+                ))
+            });
         }
         match ops::sys::core_wrmsr(&mut self.cpu, index, value) {
             Ok(true) => Ok(()),
@@ -563,7 +603,9 @@ impl Vcpu for SoftVcpu {
                 backend: "soft",
                 what: format!("MSR {index:#x}"),
             }),
-            Err(()) => Err(VcpuError::InvalidState(format!("invalid value {value:#x} for MSR {index:#x}"))),
+            Err(ops::sys::BadMsrValue) => Err(VcpuError::InvalidState(format!(
+                "invalid value {value:#x} for MSR {index:#x}"
+            ))),
         }
     }
 
@@ -597,7 +639,9 @@ impl Vcpu for SoftVcpu {
         match event {
             Event::ExternalInterrupt(v) => {
                 if v < 32 {
-                    return Err(VcpuError::InvalidState(format!("external interrupt vector {v} < 32")));
+                    return Err(VcpuError::InvalidState(format!(
+                        "external interrupt vector {v} < 32"
+                    )));
                 }
                 if !self.cpu.interruptible() {
                     return Err(VcpuError::CannotInject {
@@ -620,7 +664,10 @@ impl Vcpu for SoftVcpu {
             }
             Event::Exception(e) => {
                 if e.vector > 31 {
-                    return Err(VcpuError::InvalidState(format!("exception vector {} > 31", e.vector)));
+                    return Err(VcpuError::InvalidState(format!(
+                        "exception vector {} > 31",
+                        e.vector
+                    )));
                 }
             }
         }

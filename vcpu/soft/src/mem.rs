@@ -53,10 +53,7 @@ impl Ram {
             })
             .collect();
         regions.sort_by_key(|r| r.gpa);
-        Ram {
-            regions,
-            _mem: mem,
-        }
+        Ram { regions, _mem: mem }
     }
 
     /// Host pointer of guest-physical `gpa` if it is RAM, and the bytes left in its region.
@@ -244,7 +241,9 @@ impl Cpu {
                 | ((write as u32) << 1)
                 | ((user as u32) << 2)
                 | ((rsvd as u32) << 3)
-                | (((acc == Access::Fetch && (c.efer & efer::NXE != 0 || c.cr4 & cr4::PAE != 0)) as u32) << 4);
+                | (((acc == Access::Fetch && (c.efer & efer::NXE != 0 || c.cr4 & cr4::PAE != 0))
+                    as u32)
+                    << 4);
             c.cr2 = lin;
             c.fault(14, Some(err))
         };
@@ -400,7 +399,9 @@ impl Cpu {
         }
         let mut b = [0u8; 16];
         self.mmio(gpa, None, 8, &mut b, false, false)?;
-        Ok(Some(u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]))))
+        Ok(Some(u64::from_le_bytes(
+            b[..8].try_into().unwrap_or([0; 8]),
+        )))
     }
 
     fn read_pte32(&mut self, gpa: u64) -> R<Option<u64>> {
@@ -564,13 +565,23 @@ impl Cpu {
     }
 
     /// Translate the 1–2 pages an access touches; returns (gpa, len) pieces.
-    fn pieces(&mut self, lin: u64, n: usize, acc: Access, user: bool) -> R<[(u64, usize, *mut u8); 2]> {
+    fn pieces(
+        &mut self,
+        lin: u64,
+        n: usize,
+        acc: Access,
+        user: bool,
+    ) -> R<[(u64, usize, *mut u8); 2]> {
         let lin = lin & self.lin_mask;
         let first = (4096 - (lin & 0xfff) as usize).min(n);
         let mut out = [(0u64, 0usize, std::ptr::null_mut()); 2];
         let slot = self.fill(lin, acc, user)?;
         let e = self.tlb.e[slot];
-        out[0] = (e.gpage | (lin & 0xfff), first, entry_ptr(&e, lin, acc, user));
+        out[0] = (
+            e.gpage | (lin & 0xfff),
+            first,
+            entry_ptr(&e, lin, acc, user),
+        );
         if first < n {
             let lin2 = lin.wrapping_add(first as u64) & self.lin_mask;
             let slot2 = self.fill(lin2, acc, user)?;
@@ -591,7 +602,14 @@ impl Cpu {
                 unsafe { std::ptr::copy_nonoverlapping(host, out[done..].as_mut_ptr(), len) };
             } else if !self.ram.read(gpa, &mut out[done..done + len]) {
                 let mut b = [0u8; 16];
-                self.mmio(gpa, Some(lin.wrapping_add(done as u64)), len as u8, &mut b, false, false)?;
+                self.mmio(
+                    gpa,
+                    Some(lin.wrapping_add(done as u64)),
+                    len as u8,
+                    &mut b,
+                    false,
+                    false,
+                )?;
                 out[done..done + len].copy_from_slice(&b[..len]);
             }
             done += len;
@@ -610,7 +628,14 @@ impl Cpu {
             if !self.ram.write(gpa, &data[done..done + len]) {
                 let mut b = [0u8; 16];
                 b[..len].copy_from_slice(&data[done..done + len]);
-                self.mmio(gpa, Some(lin.wrapping_add(done as u64)), len as u8, &mut b, true, false)?;
+                self.mmio(
+                    gpa,
+                    Some(lin.wrapping_add(done as u64)),
+                    len as u8,
+                    &mut b,
+                    true,
+                    false,
+                )?;
             }
             done += len;
         }
@@ -633,7 +658,15 @@ impl Cpu {
 
     /// An access to non-RAM guest-physical memory: consume the monitor's
     /// answer if this instruction already exited for it, else exit.
-    pub fn mmio(&mut self, gpa: u64, linear: Option<u64>, size: u8, data: &mut [u8; 16], write: bool, fetch: bool) -> R<()> {
+    pub fn mmio(
+        &mut self,
+        gpa: u64,
+        linear: Option<u64>,
+        size: u8,
+        data: &mut [u8; 16],
+        write: bool,
+        fetch: bool,
+    ) -> R<()> {
         match self.answers.take() {
             Some(Answer::Mmio(bytes)) => {
                 if !write {

@@ -78,7 +78,11 @@ impl Bank {
         if s & evtsel::EN == 0 || self.global_ctrl & (1 << i) == 0 {
             return None;
         }
-        let mode_ok = if user { s & evtsel::USR != 0 } else { s & evtsel::OS != 0 };
+        let mode_ok = if user {
+            s & evtsel::USR != 0
+        } else {
+            s & evtsel::OS != 0
+        };
         if !mode_ok || (s >> evtsel::UMASK_SHIFT) & 0xff != 0 {
             return None;
         }
@@ -144,7 +148,8 @@ impl Bank {
 
     /// RDMSR after syncing.
     pub fn read(&self, m: u32) -> Result<u64, PmuError> {
-        let pmc = |base: u32| (m >= base && m < base + COUNTERS as u32).then(|| (m - base) as usize);
+        let pmc =
+            |base: u32| (m >= base && m < base + COUNTERS as u32).then(|| (m - base) as usize);
         if let Some(i) = pmc(msr::IA32_PMC0).or_else(|| pmc(IA32_A_PMC0)) {
             return Ok(self.pmc[i]);
         }
@@ -161,7 +166,8 @@ impl Bank {
 
     /// WRMSR after syncing.
     pub fn write(&mut self, m: u32, v: u64) -> Result<(), PmuError> {
-        let pmc = |base: u32| (m >= base && m < base + COUNTERS as u32).then(|| (m - base) as usize);
+        let pmc =
+            |base: u32| (m >= base && m < base + COUNTERS as u32).then(|| (m - base) as usize);
         if let Some(i) = pmc(msr::IA32_PMC0) {
             // Legacy PMC writes: bits 31:0, sign-extended to the counter width.
             let sv = (v as u32 as i32 as i64 as u64) & (WRAP - 1);
@@ -261,7 +267,9 @@ pub fn is_pmu_msr(m: u32) -> bool {
         || (msr::IA32_PERFEVTSEL0..msr::IA32_PERFEVTSEL0 + n).contains(&m)
         || matches!(
             m,
-            msr::IA32_PERF_GLOBAL_CTRL | msr::IA32_PERF_GLOBAL_STATUS | msr::IA32_PERF_GLOBAL_OVF_CTRL
+            msr::IA32_PERF_GLOBAL_CTRL
+                | msr::IA32_PERF_GLOBAL_STATUS
+                | msr::IA32_PERF_GLOBAL_OVF_CTRL
         )
 }
 
@@ -272,7 +280,11 @@ mod tests {
     #[test]
     fn counts_only_in_selected_modes_and_wraps_at_48_bits() {
         let mut b = Bank::default();
-        b.write(msr::IA32_PERFEVTSEL0, evtsel::EN | evtsel::USR | evtsel::EVENT_BRANCHES_RETIRED).unwrap();
+        b.write(
+            msr::IA32_PERFEVTSEL0,
+            evtsel::EN | evtsel::USR | evtsel::EVENT_BRANCHES_RETIRED,
+        )
+        .unwrap();
         b.write(IA32_A_PMC0, WRAP - 3).unwrap();
         b.sync(0, 0, false); // start in kernel
         b.sync(100, 10, true); // 10 kernel branches: not counted
@@ -289,7 +301,8 @@ mod tests {
     #[test]
     fn legacy_pmc_writes_sign_extend() {
         let mut b = Bank::default();
-        b.write(msr::IA32_PMC0, (-5i64) as u64 & 0xffff_ffff).unwrap();
+        b.write(msr::IA32_PMC0, (-5i64) as u64 & 0xffff_ffff)
+            .unwrap();
         assert_eq!(b.read(msr::IA32_PMC0).unwrap(), WRAP - 5);
         assert!(b.write(msr::IA32_PERFEVTSEL0, 1 << 40).is_err());
     }

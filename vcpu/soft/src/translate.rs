@@ -1,6 +1,8 @@
 //! Translation of guest instructions (decoded once by iced-x86) into [`Op`]s.
 
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register,
+};
 
 use crate::op::{Handler, Op, kind};
 use crate::ops::alu::{self, aluop, form};
@@ -382,8 +384,10 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                 _ => None,
             };
             match k {
-                Some(k) if o.sk == kind::IMM && (o.imm & if o.sz == 8 { 63 } else { 31 }) > 0
-                    && (o.imm & if o.sz == 8 { 63 } else { 31 }) < bits =>
+                Some(k)
+                    if o.sk == kind::IMM
+                        && (o.imm & if o.sz == 8 { 63 } else { 31 }) > 0
+                        && (o.imm & if o.sz == 8 { 63 } else { 31 }) < bits =>
                 {
                     o.imm &= if o.sz == 8 { 63 } else { 31 };
                     alu::shift_imm_handler(k, o.sz)
@@ -499,16 +503,44 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             }
             _ => return ud_op(rip, len),
         },
-        M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne | M::Cmovbe | M::Cmova | M::Cmovs
-        | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge | M::Cmovle | M::Cmovg => {
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => {
             if !two(&mut o, i, bitness) || o.dk != kind::REG {
                 return ud_op(rip, len);
             }
             o.cc = cc_of(i);
             alu::cmov
         }
-        M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets | M::Setns
-        | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => {
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => {
             match operand(i, 0) {
                 Opnd::Reg(id, _) => {
                     o.dk = kind::REG;
@@ -587,12 +619,38 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             };
             alu::flagop
         }
-        M::Nop | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Endbr64 | M::Endbr32 | M::Prefetch
-        | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush
+        M::Nop
+        | M::Pause
+        | M::Lfence
+        | M::Mfence
+        | M::Sfence
+        | M::Endbr64
+        | M::Endbr32
+        | M::Prefetch
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Prefetchw
+        | M::Clflush
         | M::Clflushopt => alu::nop,
         // ---- branches ----
-        M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns | M::Jp | M::Jnp
-        | M::Jl | M::Jge | M::Jle | M::Jg => {
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => {
             o.cc = cc_of(i);
             o.target = i.near_branch_target();
             o.br = true;
@@ -616,7 +674,11 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                     } else {
                         i.far_branch16() as u64
                     };
-                    o.sz = if i.op_kind(0) == OpKind::FarBranch32 { 4 } else { 2 };
+                    o.sz = if i.op_kind(0) == OpKind::FarBranch32 {
+                        4
+                    } else {
+                        2
+                    };
                     o.cc = call as u8;
                     sys::far_jmp_call
                 }
@@ -625,7 +687,11 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                         o.sk = kind::REG;
                         o.src = id;
                         o.sz = sz;
-                        if call { branch::call_ind } else { branch::jmp_ind }
+                        if call {
+                            branch::call_ind
+                        } else {
+                            branch::jmp_ind
+                        }
                     }
                     Opnd::Mem(sz) => {
                         o.sk = kind::MEM;
@@ -634,7 +700,9 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                         }
                         let far = matches!(
                             i.memory_size(),
-                            iced_x86::MemorySize::SegPtr16 | iced_x86::MemorySize::SegPtr32 | iced_x86::MemorySize::SegPtr64
+                            iced_x86::MemorySize::SegPtr16
+                                | iced_x86::MemorySize::SegPtr32
+                                | iced_x86::MemorySize::SegPtr64
                         );
                         if far {
                             o.sz = sz - 2;
@@ -642,7 +710,11 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                             sys::far_jmp_call
                         } else {
                             o.sz = sz;
-                            if call { branch::call_ind } else { branch::jmp_ind }
+                            if call {
+                                branch::call_ind
+                            } else {
+                                branch::jmp_ind
+                            }
                         }
                     }
                     _ => return ud_op(rip, len),
@@ -713,7 +785,11 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                     o.dk = kind::REG;
                     o.dst = id;
                     if o.sz == 8 && bitness == 64 {
-                        if push { branch::push_r64 } else { branch::pop_r64 }
+                        if push {
+                            branch::push_r64
+                        } else {
+                            branch::pop_r64
+                        }
                     } else if push {
                         branch::push
                     } else {
@@ -780,14 +856,40 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             branch::leave
         }
         // ---- strings ----
-        M::Movsb | M::Movsw | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
-        | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd
-        | M::Scasq | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => string_op(&mut o, i),
+        M::Movsb
+        | M::Movsw
+        | M::Movsq
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Stosq
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Lodsq
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Cmpsq
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Scasq
+        | M::Insb
+        | M::Insw
+        | M::Insd
+        | M::Outsb
+        | M::Outsw
+        | M::Outsd => string_op(&mut o, i),
         M::Movsd if i.code() == Code::Movsd_m32_m32 => string_op(&mut o, i),
         // ---- system ----
         M::In | M::Out => {
             let (a, b) = (operand(i, 0), operand(i, 1));
-            let (acc, port) = if i.mnemonic() == M::In { (a, b) } else { (b, a) };
+            let (acc, port) = if i.mnemonic() == M::In {
+                (a, b)
+            } else {
+                (b, a)
+            };
             if let Opnd::Reg(_, sz) = acc {
                 o.sz = sz;
             }
@@ -795,7 +897,11 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                 o.sk = kind::IMM;
                 o.imm = v & 0xff;
             }
-            if i.mnemonic() == M::In { sys::in_ } else { sys::out }
+            if i.mnemonic() == M::In {
+                sys::in_
+            } else {
+                sys::out
+            }
         }
         M::Cpuid => sys::cpuid,
         M::Rdtsc | M::Rdtscp => {
@@ -1021,11 +1127,43 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                 sse::movdq
             }
         }
-        M::Pxor | M::Xorps | M::Xorpd | M::Por | M::Orps | M::Orpd | M::Pand | M::Andps | M::Andpd | M::Pandn
-        | M::Andnps | M::Andnpd | M::Pcmpeqb | M::Pcmpeqw | M::Pcmpeqd | M::Pcmpgtb | M::Pcmpgtw | M::Pcmpgtd
-        | M::Paddb | M::Paddw | M::Paddd | M::Paddq | M::Psubb | M::Psubw | M::Psubd | M::Psubq
-        | M::Punpcklbw | M::Punpcklwd | M::Punpckldq | M::Punpcklqdq | M::Punpckhbw | M::Punpckhwd
-        | M::Punpckhdq | M::Punpckhqdq | M::Pminub | M::Pmaxub | M::Pmuludq => {
+        M::Pxor
+        | M::Xorps
+        | M::Xorpd
+        | M::Por
+        | M::Orps
+        | M::Orpd
+        | M::Pand
+        | M::Andps
+        | M::Andpd
+        | M::Pandn
+        | M::Andnps
+        | M::Andnpd
+        | M::Pcmpeqb
+        | M::Pcmpeqw
+        | M::Pcmpeqd
+        | M::Pcmpgtb
+        | M::Pcmpgtw
+        | M::Pcmpgtd
+        | M::Paddb
+        | M::Paddw
+        | M::Paddd
+        | M::Paddq
+        | M::Psubb
+        | M::Psubw
+        | M::Psubd
+        | M::Psubq
+        | M::Punpcklbw
+        | M::Punpcklwd
+        | M::Punpckldq
+        | M::Punpcklqdq
+        | M::Punpckhbw
+        | M::Punpckhwd
+        | M::Punpckhdq
+        | M::Punpckhqdq
+        | M::Pminub
+        | M::Pmaxub
+        | M::Pmuludq => {
             o.cc = match i.mnemonic() {
                 M::Pxor | M::Xorps | M::Xorpd => sse::sop::XOR,
                 M::Por | M::Orps | M::Orpd => sse::sop::OR,
@@ -1089,7 +1227,15 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             };
             sse::shuffle
         }
-        M::Psrlw | M::Psrld | M::Psrlq | M::Psraw | M::Psrad | M::Psllw | M::Pslld | M::Psllq | M::Psrldq
+        M::Psrlw
+        | M::Psrld
+        | M::Psrlq
+        | M::Psraw
+        | M::Psrad
+        | M::Psllw
+        | M::Pslld
+        | M::Psllq
+        | M::Psrldq
         | M::Pslldq => {
             o.cc = match i.mnemonic() {
                 M::Psrlw => 0,
@@ -1213,7 +1359,10 @@ fn string_op(o: &mut Op, i: &Instruction) -> Handler {
             OpKind::MemorySegRSI | OpKind::MemoryESRDI | OpKind::MemorySegRDI => o.sz2 = 8,
             _ => {}
         }
-        if matches!(i.op_kind(n), OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI) {
+        if matches!(
+            i.op_kind(n),
+            OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI
+        ) {
             o.seg = i.memory_segment().number() as u8;
         }
     }
@@ -1234,7 +1383,14 @@ fn string_op(o: &mut Op, i: &Instruction) -> Handler {
 /// Decode and translate a block starting at `rip` from `bytes` (which start at
 /// `rip`). Stops at a block-ending instruction, at `max` instructions, or when
 /// the next instruction would extend past `limit` bytes.
-pub fn translate_block(bytes: &[u8], rip: u64, bitness: u32, limit: usize, max: usize, out: &mut Vec<Op>) {
+pub fn translate_block(
+    bytes: &[u8],
+    rip: u64,
+    bitness: u32,
+    limit: usize,
+    max: usize,
+    out: &mut Vec<Op>,
+) {
     let mut d = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
     let mut ins = Instruction::default();
     let mut consumed = 0usize;

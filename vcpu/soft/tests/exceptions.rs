@@ -44,7 +44,11 @@ fn divide_error_same_privilege_frame() {
     assert_eq!(f[3], STACK, "old RSP");
     assert_eq!(f[4], KDATA as u64, "old SS");
     assert_eq!(f[6], STACK - 40);
-    assert_eq!(vm.counts().0, 1 + (1 + 12 + 1), "xor; the handler's 14 movs (the DIV did not retire)");
+    assert_eq!(
+        vm.counts().0,
+        1 + (1 + 12 + 1),
+        "xor; the handler's 14 movs (the DIV did not retire)"
+    );
 }
 
 #[test]
@@ -56,7 +60,7 @@ fn general_protection_from_user_switches_to_rsp0() {
         a.nop().unwrap();
         a.cli().unwrap(); // IOPL 0 at CPL 3: #GP(0)
     });
-    vm.to_user();
+    vm.enter_user();
     vm.run_to_hlt();
     let f = frame(&vm);
     assert_eq!(f[0], 0, "error code");
@@ -67,7 +71,10 @@ fn general_protection_from_user_switches_to_rsp0() {
     assert_eq!(f[6], RSP0 - 48, "handler stack starts at TSS.RSP0");
     let s = vm.vcpu.special_regs().unwrap();
     assert_eq!(s.cs.selector, KCODE);
-    assert_eq!(s.ss.selector, 0, "null SS at CPL 0 after a privilege change in 64-bit mode");
+    assert_eq!(
+        s.ss.selector, 0,
+        "null SS at CPL 0 after a privilege change in 64-bit mode"
+    );
 }
 
 #[test]
@@ -94,7 +101,7 @@ fn fault_during_delivery_becomes_double_fault() {
     vm.asm(CODE, |a| {
         a.cli().unwrap();
     });
-    vm.to_user();
+    vm.enter_user();
     vm.run_to_hlt();
     let f = frame(&vm);
     assert_eq!(f[0], 0, "#DF error code is 0");
@@ -109,7 +116,11 @@ fn triple_fault_exits() {
     });
     let x = vm.vcpu.run().unwrap();
     assert_eq!(x.reason, ExitReason::TripleFault);
-    assert_eq!(vm.vcpu.run().unwrap().reason, ExitReason::TripleFault, "stays dead");
+    assert_eq!(
+        vm.vcpu.run().unwrap().reason,
+        ExitReason::TripleFault,
+        "stays dead"
+    );
 }
 
 #[test]
@@ -123,7 +134,7 @@ fn int_n_checks_gate_dpl_and_counts_as_branch() {
     vm.asm(CODE, |a| {
         a.int(0x80).unwrap();
     });
-    vm.to_user();
+    vm.enter_user();
     vm.run_to_hlt();
     let f = frame(&vm);
     assert_eq!(f[0], CODE + 2, "INT n pushes the next RIP");
@@ -137,7 +148,7 @@ fn int_n_checks_gate_dpl_and_counts_as_branch() {
     vm.asm(CODE, |a| {
         a.int(0x81).unwrap();
     });
-    vm.to_user();
+    vm.enter_user();
     vm.run_to_hlt();
     let f = frame(&vm);
     assert_eq!(f[0], 0x81 * 8 + 2, "#GP(vector*8+2) for a DPL-0 gate");
@@ -163,7 +174,7 @@ fn syscall_sysret_round_trip() {
         a.hlt().unwrap();
     });
     vm.gate(3, HANDLERS, 0, 3, false);
-    vm.to_user();
+    vm.enter_user();
     let mut r = vm.regs();
     r.rflags = 0x202;
     vm.vcpu.set_regs(&r).unwrap();
@@ -176,7 +187,7 @@ fn syscall_sysret_round_trip() {
 }
 
 #[test]
-fn iretq_returns_to_user() {
+fn iretq_returns_enter_user() {
     let mut vm = Vm::long64();
     let user = CODE + 0x800;
     vm.asm(CODE, |a| {

@@ -83,7 +83,12 @@ fn supervisor_write_to_read_only_honours_cr0_wp() {
 
 #[test]
 fn user_faults_on_supervisor_and_read_only_pages() {
-    for (flags, write, expect) in [(0x3u64, false, 5u64), (0x3, true, 7), (0x5, true, 7), (0x5, false, u64::MAX)] {
+    for (flags, write, expect) in [
+        (0x3u64, false, 5u64),
+        (0x3, true, 7),
+        (0x5, true, 7),
+        (0x5, false, u64::MAX),
+    ] {
         let mut vm = Vm::long64();
         install_pf_handler(&vm);
         pte(&vm, PAGED, flags);
@@ -104,7 +109,7 @@ fn user_faults_on_supervisor_and_read_only_pages() {
             a.hlt().unwrap();
         });
         vm.gate(3, HANDLERS + 0x100, 0, 3, false);
-        vm.to_user();
+        vm.enter_user();
         vm.write_u64(DATA, 0xdead);
         vm.run_to_hlt();
         let got = vm.read_u64(DATA);
@@ -126,7 +131,11 @@ fn nx_fetch_faults_with_instruction_bit() {
         a.jmp(rax).unwrap();
     });
     assert_eq!(fault(&mut vm), (0x11, PAGED));
-    assert_eq!(vm.counts().1, 1, "the jmp retired; the fetch fault is not a branch");
+    assert_eq!(
+        vm.counts().1,
+        1,
+        "the jmp retired; the fetch fault is not a branch"
+    );
 }
 
 #[test]
@@ -159,8 +168,16 @@ fn accessed_and_dirty_bits() {
     });
     vm.run_to_hlt();
     assert_eq!(vm.read_u64(PT) & 0x60, 0x20, "read: accessed only");
-    assert_eq!(vm.read_u64(PT + 8) & 0x60, 0x60, "write: accessed and dirty");
-    assert_eq!(vm.read_u64(PD + 2 * 8) & 0x20, 0x20, "upper levels accessed");
+    assert_eq!(
+        vm.read_u64(PT + 8) & 0x60,
+        0x60,
+        "write: accessed and dirty"
+    );
+    assert_eq!(
+        vm.read_u64(PD + 2 * 8) & 0x20,
+        0x20,
+        "upper levels accessed"
+    );
 }
 
 #[test]

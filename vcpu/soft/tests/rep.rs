@@ -69,7 +69,11 @@ fn page_fault_mid_way_leaves_count_of_remaining_iterations() {
     let _ = f;
     let ret_rip = vm.read_u64(STACK - 40);
     assert_eq!(ret_rip, CODE + rep_at, "fault RIP is the REP instruction");
-    assert_eq!(vm.counts().0, 3 + 1, "three MOVs, then the handler's POP: the REP did not retire");
+    assert_eq!(
+        vm.counts().0,
+        3 + 1,
+        "three MOVs, then the handler's POP: the REP did not retire"
+    );
 }
 
 #[test]

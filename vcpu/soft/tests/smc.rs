@@ -9,7 +9,10 @@ fn store_into_the_current_block_changes_the_next_instruction() {
     let mut vm = Vm::long64();
     // mov byte [rip+X], 7 patches the immediate of the following `mov eax, 1`.
     // c6 05 01 00 00 00 07: mov byte [rip+1], 7 (the immediate of the next instruction).
-    vm.write(CODE, &[0xc6, 0x05, 0x01, 0, 0, 0, 0x07, 0xb8, 0x01, 0, 0, 0, 0xf4]);
+    vm.write(
+        CODE,
+        &[0xc6, 0x05, 0x01, 0, 0, 0, 0x07, 0xb8, 0x01, 0, 0, 0, 0xf4],
+    );
     vm.run_to_hlt();
     assert_eq!(vm.regs().rax, 7);
 }
@@ -52,4 +55,3 @@ fn writes_through_another_mapping_of_the_code_page_invalidate() {
     vm.run_to_hlt();
     assert_eq!((vm.regs().r8, vm.regs().rax), (1, 9));
 }
-

@@ -126,14 +126,16 @@ pub fn alu<const OP: u8, const F: u8, const SZ: u8>(c: &mut Cpu, o: &Op) -> Flow
         _ => {
             let addr = c.lin(o);
             let a = t!(c.rd_sz(addr, SZ));
-            let b = if F == form::MR { c.get(o.src, SZ) } else { o.imm & m };
+            let b = if F == form::MR {
+                c.get(o.src, SZ)
+            } else {
+                o.imm & m
+            };
             let saved = c.lf;
             let r = compute::<OP, SZ>(c, a, b);
-            if writes {
-                if c.wr_sz(addr, SZ, r).is_err() {
-                    c.lf = saved;
-                    return Flow::Stop;
-                }
+            if writes && c.wr_sz(addr, SZ, r).is_err() {
+                c.lf = saved;
+                return Flow::Stop;
             }
         }
     }
@@ -274,7 +276,11 @@ pub fn unary(c: &mut Cpu, o: &Op) -> Flow {
 pub fn incdec_r<const DEC: bool, const SZ: u8>(c: &mut Cpu, o: &Op) -> Flow {
     let a = c.get(o.dst, SZ);
     let cf = c.cf() as u64;
-    let r = if DEC { a.wrapping_sub(1) } else { a.wrapping_add(1) };
+    let r = if DEC {
+        a.wrapping_sub(1)
+    } else {
+        a.wrapping_add(1)
+    };
     c.set_lazy(if DEC { fop::DEC } else { fop::INC }, SZ, a, cf, r);
     c.set(o.dst, SZ, r);
     Flow::Next
@@ -310,7 +316,11 @@ pub fn shift_imm_handler(k: u8, sz: u8) -> Handler {
 
 /// The register INC/DEC handler for a size.
 pub fn incdec_handler(dec: bool, sz: u8) -> Handler {
-    if dec { sized!(incdec_r, sz, true) } else { sized!(incdec_r, sz, false) }
+    if dec {
+        sized!(incdec_r, sz, true)
+    } else {
+        sized!(incdec_r, sz, false)
+    }
 }
 
 /// Shifts and rotates: `cc` = 0 ROL, 1 ROR, 2 RCL, 3 RCR, 4 SHL, 5 SHR, 6 SAL, 7 SAR.
@@ -318,7 +328,11 @@ pub fn incdec_handler(dec: bool, sz: u8) -> Handler {
 pub fn shift(c: &mut Cpu, o: &Op) -> Flow {
     let sz = o.sz;
     let bits = sz as u32 * 8;
-    let cnt_raw = if o.sk == kind::IMM { o.imm } else { c.gpr[1] & 0xff };
+    let cnt_raw = if o.sk == kind::IMM {
+        o.imm
+    } else {
+        c.gpr[1] & 0xff
+    };
     let cnt = (cnt_raw & if sz == 8 { 63 } else { 31 }) as u32;
     let (a, addr) = t!(c.dst(o, sz));
     if cnt == 0 {
@@ -372,15 +386,27 @@ pub fn shift(c: &mut Cpu, o: &Op) -> Flow {
         }
         4 | 6 => {
             let r = if cnt >= 64 { 0 } else { (a << cnt) & m };
-            let cf = if cnt > bits { false } else { (a >> (bits - cnt)) & 1 != 0 };
+            let cf = if cnt > bits {
+                false
+            } else {
+                (a >> (bits - cnt)) & 1 != 0
+            };
             let of = (r & s != 0) != cf;
-            (r, szp(r, sz) | cf as u64 | if of { OF } else { 0 }, CF | OF | SF | ZF | PF | AF)
+            (
+                r,
+                szp(r, sz) | cf as u64 | if of { OF } else { 0 },
+                CF | OF | SF | ZF | PF | AF,
+            )
         }
         5 => {
             let r = if cnt >= 64 { 0 } else { a >> cnt };
             let cf = (a >> (cnt - 1)) & 1 != 0;
             let of = a & s != 0;
-            (r, szp(r, sz) | cf as u64 | if of { OF } else { 0 }, CF | OF | SF | ZF | PF | AF)
+            (
+                r,
+                szp(r, sz) | cf as u64 | if of { OF } else { 0 },
+                CF | OF | SF | ZF | PF | AF,
+            )
         }
         _ => {
             let sa = ((a ^ s).wrapping_sub(s)) as i64;
@@ -399,7 +425,11 @@ pub fn shift(c: &mut Cpu, o: &Op) -> Flow {
 pub fn shxd(c: &mut Cpu, o: &Op) -> Flow {
     let sz = o.sz;
     let bits = sz as u32 * 8;
-    let cnt_raw = if o.sk == kind::IMM { o.imm } else { c.gpr[1] & 0xff };
+    let cnt_raw = if o.sk == kind::IMM {
+        o.imm
+    } else {
+        c.gpr[1] & 0xff
+    };
     let cnt = (cnt_raw & if sz == 8 { 63 } else { 31 }) as u32;
     let (a, addr) = t!(c.dst(o, sz));
     if cnt == 0 {
@@ -466,7 +496,11 @@ pub fn mul1(c: &mut Cpu, o: &Op) -> Flow {
 pub fn imul2(c: &mut Cpu, o: &Op) -> Flow {
     let sz = o.sz;
     let b = t!(c.src(o, sz));
-    let a = if o.cc == 1 { o.imm & mask(sz) } else { c.get(o.dst, sz) };
+    let a = if o.cc == 1 {
+        o.imm & mask(sz)
+    } else {
+        c.get(o.dst, sz)
+    };
     let s = sign(sz);
     let sa = ((a ^ s).wrapping_sub(s)) as i64 as i128;
     let sb = ((b ^ s).wrapping_sub(s)) as i64 as i128;
@@ -537,7 +571,11 @@ pub fn div(c: &mut Cpu, o: &Op) -> Flow {
 pub fn bt(c: &mut Cpu, o: &Op) -> Flow {
     let sz = o.sz;
     let bits = sz as u64 * 8;
-    let off = if o.sk == kind::IMM { o.imm } else { c.get(o.src, sz) };
+    let off = if o.sk == kind::IMM {
+        o.imm
+    } else {
+        c.get(o.src, sz)
+    };
     let (val, addr, bit) = if o.dk == kind::MEM {
         let base = c.lin(o);
         let (byte_off, bit) = if o.sk == kind::IMM {
@@ -545,7 +583,10 @@ pub fn bt(c: &mut Cpu, o: &Op) -> Flow {
         } else {
             let s = sign(sz);
             let soff = ((off ^ s).wrapping_sub(s)) as i64;
-            (soff.div_euclid(bits as i64) * sz as i64, soff.rem_euclid(bits as i64) as u64)
+            (
+                soff.div_euclid(bits as i64) * sz as i64,
+                soff.rem_euclid(bits as i64) as u64,
+            )
         };
         let a = base.wrapping_add(byte_off as u64) & c.lin_mask;
         (t!(c.rd_sz(a, sz)), a, bit)
@@ -637,7 +678,11 @@ pub fn cmov(c: &mut Cpu, o: &Op) -> Flow {
 /// SETcc.
 pub fn setcc(c: &mut Cpu, o: &Op) -> Flow {
     let v = c.cond(o.cc) as u64;
-    let (_, addr) = if o.dk == kind::MEM { (0, c.lin(o)) } else { (0, 0) };
+    let (_, addr) = if o.dk == kind::MEM {
+        (0, c.lin(o))
+    } else {
+        (0, 0)
+    };
     t!(c.put(o, 1, addr, v));
     Flow::Next
 }

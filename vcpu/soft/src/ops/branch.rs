@@ -183,7 +183,7 @@ pub fn popf(c: &mut Cpu, o: &Op) -> Flow {
 /// ENTER imm16, imm8.
 pub fn enter(c: &mut Cpu, o: &Op) -> Flow {
     let sz = o.sz;
-    let level = (o.target & 31) as u64;
+    let level = o.target & 31;
     let ssz = c.stack_sz();
     let old_sp = c.gpr[4];
     let bp = c.get(5, ssz);
@@ -218,7 +218,9 @@ pub fn enter(c: &mut Cpu, o: &Op) -> Flow {
     let new_sp = c.get(4, ssz).wrapping_sub(o.imm) & mask(ssz);
     if o.imm > 0 {
         let a = c.lin_of(crate::cpu::SS, new_sp);
-        if c.translate(a, crate::mem::Access::Write, c.cpl == 3).is_err() {
+        if c.translate(a, crate::mem::Access::Write, c.cpl == 3)
+            .is_err()
+        {
             c.gpr[4] = old_sp;
             return Flow::Stop;
         }

@@ -118,7 +118,11 @@ fn unlanes<const N: usize>(l: [u64; 16]) -> [u64; 2] {
 fn map2<const N: usize>(a: [u64; 2], b: [u64; 2], f: impl Fn(u64, u64) -> u64) -> [u64; 2] {
     let (la, lb) = (lanes::<N>(a), lanes::<N>(b));
     let mut r = [0u64; 16];
-    let m = if N == 8 { u64::MAX } else { (1u64 << (8 * N)) - 1 };
+    let m = if N == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * N)) - 1
+    };
     for i in 0..16 / N {
         r[i] = f(la[i], lb[i]) & m;
     }
@@ -168,9 +172,21 @@ pub fn binop(c: &mut Cpu, o: &Op) -> Flow {
         sop::PCMPEQB => map2::<1>(a, b, |x, y| if x == y { u64::MAX } else { 0 }),
         sop::PCMPEQW => map2::<2>(a, b, |x, y| if x == y { u64::MAX } else { 0 }),
         sop::PCMPEQD => map2::<4>(a, b, |x, y| if x == y { u64::MAX } else { 0 }),
-        sop::PCMPGTB => map2::<1>(a, b, |x, y| if sext(x, 1) > sext(y, 1) { u64::MAX } else { 0 }),
-        sop::PCMPGTW => map2::<2>(a, b, |x, y| if sext(x, 2) > sext(y, 2) { u64::MAX } else { 0 }),
-        sop::PCMPGTD => map2::<4>(a, b, |x, y| if sext(x, 4) > sext(y, 4) { u64::MAX } else { 0 }),
+        sop::PCMPGTB => map2::<1>(
+            a,
+            b,
+            |x, y| if sext(x, 1) > sext(y, 1) { u64::MAX } else { 0 },
+        ),
+        sop::PCMPGTW => map2::<2>(
+            a,
+            b,
+            |x, y| if sext(x, 2) > sext(y, 2) { u64::MAX } else { 0 },
+        ),
+        sop::PCMPGTD => map2::<4>(
+            a,
+            b,
+            |x, y| if sext(x, 4) > sext(y, 4) { u64::MAX } else { 0 },
+        ),
         sop::PADDB => map2::<1>(a, b, u64::wrapping_add),
         sop::PADDW => map2::<2>(a, b, u64::wrapping_add),
         sop::PADDD => map2::<4>(a, b, u64::wrapping_add),
@@ -275,7 +291,10 @@ pub fn movmsk(c: &mut Cpu, o: &Op) -> Flow {
     let v = c.xmm[o.src as usize & 15];
     let b = bytes(v);
     let r = match o.cc {
-        0 => b.iter().enumerate().fold(0u64, |acc, (i, &x)| acc | (((x >> 7) as u64) << i)),
+        0 => b
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (i, &x)| acc | (((x >> 7) as u64) << i)),
         1 => (0..4).fold(0u64, |acc, i| acc | (((b[i * 4 + 3] >> 7) as u64) << i)),
         _ => (0..2).fold(0u64, |acc, i| acc | (((b[i * 8 + 7] >> 7) as u64) << i)),
     };

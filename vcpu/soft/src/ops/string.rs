@@ -71,7 +71,8 @@ fn step(c: &mut Cpu, o: &Op, delta: u64, asz: u8) -> Result<(), ()> {
         }
         sop::INS => {
             // Probe the destination first so a #PF comes before the device read.
-            c.translate(dst, crate::mem::Access::Write, c.cpl == 3).map_err(|_| ())?;
+            c.translate(dst, crate::mem::Access::Write, c.cpl == 3)
+                .map_err(|_| ())?;
             let port = c.gpr[2] as u16;
             let v = crate::ops::sys::port_in(c, o, port, sz, true).map_err(|_| ())?;
             c.wr_sz(dst, sz, v).map_err(|_| ())?;

@@ -27,7 +27,9 @@ fn answer(c: &mut Cpu) -> R<Option<Completion>> {
     match c.answers.take() {
         None => Ok(None),
         Some(Answer::Value(v)) => Ok(Some(v)),
-        Some(a) => Err(c.internal(format!("re-executed instruction expected a value answer, found {a:?}"))),
+        Some(a) => Err(c.internal(format!(
+            "re-executed instruction expected a value answer, found {a:?}"
+        ))),
     }
 }
 
@@ -61,7 +63,16 @@ pub fn port_in(c: &mut Cpu, o: &Op, port: u16, sz: u8, string: bool) -> R<u64> {
                 immediate: o.sk == kind::IMM,
                 port,
             };
-            Err(exit(c, o, ExitReason::IoInstruction, qual.encode(), ExitInfo::Io { qual, out_value: None }))
+            Err(exit(
+                c,
+                o,
+                ExitReason::IoInstruction,
+                qual.encode(),
+                ExitInfo::Io {
+                    qual,
+                    out_value: None,
+                },
+            ))
         }
     }
 }
@@ -88,7 +99,10 @@ pub fn port_out(c: &mut Cpu, o: &Op, port: u16, sz: u8, v: u64, string: bool) ->
                 o,
                 ExitReason::IoInstruction,
                 qual.encode(),
-                ExitInfo::Io { qual, out_value: Some(v as u32) },
+                ExitInfo::Io {
+                    qual,
+                    out_value: Some(v as u32),
+                },
             ))
         }
     }
@@ -96,7 +110,11 @@ pub fn port_out(c: &mut Cpu, o: &Op, port: u16, sz: u8, v: u64, string: bool) ->
 
 /// IN al/ax/eax, imm8/dx.
 pub fn in_(c: &mut Cpu, o: &Op) -> Flow {
-    let port = if o.sk == kind::IMM { o.imm as u16 } else { c.gpr[2] as u16 };
+    let port = if o.sk == kind::IMM {
+        o.imm as u16
+    } else {
+        c.gpr[2] as u16
+    };
     if !io_allowed(c, port, o.sz) {
         c.gp0();
         return Flow::Stop;
@@ -108,7 +126,11 @@ pub fn in_(c: &mut Cpu, o: &Op) -> Flow {
 
 /// OUT imm8/dx, al/ax/eax.
 pub fn out(c: &mut Cpu, o: &Op) -> Flow {
-    let port = if o.sk == kind::IMM { o.imm as u16 } else { c.gpr[2] as u16 };
+    let port = if o.sk == kind::IMM {
+        o.imm as u16
+    } else {
+        c.gpr[2] as u16
+    };
     if !io_allowed(c, port, o.sz) {
         c.gp0();
         return Flow::Stop;
@@ -134,7 +156,13 @@ pub fn cpuid(c: &mut Cpu, o: &Op) -> Flow {
         }
         None => {
             let (leaf, subleaf) = (c.gpr[0] as u32, c.gpr[1] as u32);
-            exit(c, o, ExitReason::Cpuid, 0, ExitInfo::Cpuid { leaf, subleaf });
+            exit(
+                c,
+                o,
+                ExitReason::Cpuid,
+                0,
+                ExitInfo::Cpuid { leaf, subleaf },
+            );
             Flow::Stop
         }
     }
@@ -160,7 +188,11 @@ pub fn rdtsc(c: &mut Cpu, o: &Op) -> Flow {
                 return Flow::Stop;
             }
             None => {
-                let r = if o.cc == 0 { ExitReason::Rdtsc } else { ExitReason::Rdtscp };
+                let r = if o.cc == 0 {
+                    ExitReason::Rdtsc
+                } else {
+                    ExitReason::Rdtscp
+                };
                 exit(c, o, r, 0, ExitInfo::None);
                 return Flow::Stop;
             }
@@ -178,7 +210,11 @@ pub fn rdtsc(c: &mut Cpu, o: &Op) -> Flow {
 
 /// RDRAND (`cc` 0) / RDSEED (`cc` 1).
 pub fn rdrand(c: &mut Cpu, o: &Op) -> Flow {
-    let exiting = if o.cc == 0 { c.ctl.rdrand_exiting } else { c.ctl.rdseed_exiting };
+    let exiting = if o.cc == 0 {
+        c.ctl.rdrand_exiting
+    } else {
+        c.ctl.rdseed_exiting
+    };
     let (v, ok) = if exiting {
         match t!(answer(c)) {
             Some(Completion::Random { value, valid }) => (value, valid),
@@ -187,7 +223,11 @@ pub fn rdrand(c: &mut Cpu, o: &Op) -> Flow {
                 return Flow::Stop;
             }
             None => {
-                let r = if o.cc == 0 { ExitReason::Rdrand } else { ExitReason::Rdseed };
+                let r = if o.cc == 0 {
+                    ExitReason::Rdrand
+                } else {
+                    ExitReason::Rdseed
+                };
                 exit(c, o, r, 0, ExitInfo::Random { size: o.sz });
                 return Flow::Stop;
             }
@@ -290,8 +330,12 @@ pub fn core_rdmsr(c: &Cpu, index: u32) -> Option<u64> {
     })
 }
 
+/// A WRMSR value the MSR does not accept (#GP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadMsrValue;
+
 /// Write an MSR the CPU core implements. `Ok(false)` if unknown; Err for an invalid value (#GP).
-pub fn core_wrmsr(c: &mut Cpu, index: u32, v: u64) -> Result<bool, ()> {
+pub fn core_wrmsr(c: &mut Cpu, index: u32, v: u64) -> Result<bool, BadMsrValue> {
     use msrs::*;
     match index {
         TSC => c.msr.tsc_offset = v.wrapping_sub(c.insns),
@@ -303,19 +347,21 @@ pub fn core_wrmsr(c: &mut Cpu, index: u32, v: u64) -> Result<bool, ()> {
         PAT => c.msr.pat = v,
         EFER => {
             if v & !(efer::SCE | efer::LME | efer::LMA | efer::NXE) != 0 {
-                return Err(());
+                return Err(BadMsrValue);
             }
             // LMA is read-only; LME cannot change while paging is on.
             let lma = c.efer & efer::LMA;
             if c.cr0 & cr0::PG != 0 && (v ^ c.efer) & efer::LME != 0 {
-                return Err(());
+                return Err(BadMsrValue);
             }
             c.efer = (v & !efer::LMA) | lma;
             c.flush_tlb();
             c.mode_changed();
         }
         STAR => c.msr.star = v,
-        LSTAR | CSTAR | FS_BASE | GS_BASE | KERNEL_GS_BASE if !canonical(v) => return Err(()),
+        LSTAR | CSTAR | FS_BASE | GS_BASE | KERNEL_GS_BASE if !canonical(v) => {
+            return Err(BadMsrValue);
+        }
         LSTAR => c.msr.lstar = v,
         CSTAR => c.msr.cstar = v,
         FMASK => c.msr.fmask = v & 0xffff_ffff,
@@ -361,7 +407,7 @@ pub fn msr(c: &mut Cpu, o: &Op) -> Flow {
                     c.link = 1;
                     return Flow::End;
                 }
-                Err(()) => {
+                Err(BadMsrValue) => {
                     c.gp0();
                     return Flow::Stop;
                 }
@@ -566,7 +612,11 @@ pub fn task_reg(c: &mut Cpu, o: &Op) -> Flow {
             Flow::Next
         }
         _ => {
-            let v = if o.cc == 2 { c.tr.selector } else { c.ldt.selector } as u64;
+            let v = if o.cc == 2 {
+                c.tr.selector
+            } else {
+                c.ldt.selector
+            } as u64;
             let sz = if o.dk == kind::MEM { 2 } else { o.sz };
             let a = if o.dk == kind::MEM { c.lin(o) } else { 0 };
             t!(c.put(o, sz, a, v));
@@ -710,7 +760,11 @@ pub fn int(c: &mut Cpu, o: &Op) -> Flow {
         }
         _ => 1,
     };
-    let kind = if o.cc == 3 { EventKind::Exception } else { EventKind::Software };
+    let kind = if o.cc == 3 {
+        EventKind::Exception
+    } else {
+        EventKind::Software
+    };
     // A fault during delivery is raised at the INT instruction (it does not
     // retire); the executor then applies the double-fault rules to it.
     match interrupt::deliver_once(c, vector, None, kind, o.next()) {
@@ -739,7 +793,10 @@ pub fn iret(c: &mut Cpu, o: &Op) -> Flow {
     }
     let pops_stack = c.bitness == 64 || rpl > c.cpl;
     let (nsp, nss) = if pops_stack {
-        (t!(c.peek(sz, 3 * sz as u64)), t!(c.peek(sz, 4 * sz as u64)) as u16)
+        (
+            t!(c.peek(sz, 3 * sz as u64)),
+            t!(c.peek(sz, 4 * sz as u64)) as u16,
+        )
     } else {
         (0, 0)
     };
@@ -750,7 +807,8 @@ pub fn iret(c: &mut Cpu, o: &Op) -> Flow {
     }
     // RFLAGS update with privilege rules.
     let old = c.rflags();
-    let mut changeable = flags::ARITH | flags::TF | flags::DF | flags::NT | flags::AC | flags::ID | flags::RF;
+    let mut changeable =
+        flags::ARITH | flags::TF | flags::DF | flags::NT | flags::AC | flags::ID | flags::RF;
     if c.cpl == 0 {
         changeable |= flags::IOPL | flags::IF;
     } else if (c.cpl as u64) <= (old & flags::IOPL) >> 12 {
@@ -801,7 +859,11 @@ pub fn iret(c: &mut Cpu, o: &Op) -> Flow {
         c.mode_changed();
     }
     c.nmi_blocked = false;
-    c.rip = if cs.l && c.long_mode() { rip } else { rip & 0xffff_ffff };
+    c.rip = if cs.l && c.long_mode() {
+        rip
+    } else {
+        rip & 0xffff_ffff
+    };
     c.link = 2;
     Flow::End
 }
@@ -840,7 +902,11 @@ pub fn syscall(c: &mut Cpu, o: &Op) -> Flow {
     c.set_rflags(fl & !c.msr.fmask & !flags::RF);
     c.seg[SS] = ss;
     set_cs(c, cs, 0);
-    c.rip = if c.bitness == 64 { c.msr.lstar } else { c.msr.cstar };
+    c.rip = if c.bitness == 64 {
+        c.msr.lstar
+    } else {
+        c.msr.cstar
+    };
     c.link = 2;
     Flow::End
 }
@@ -855,7 +921,11 @@ pub fn sysret(c: &mut Cpu, o: &Op) -> Flow {
         c.gp0();
         return Flow::Stop;
     }
-    let target = if o.sz == 8 { c.gpr[1] } else { c.gpr[1] & 0xffff_ffff };
+    let target = if o.sz == 8 {
+        c.gpr[1]
+    } else {
+        c.gpr[1] & 0xffff_ffff
+    };
     if !canonical(target) {
         c.gp0();
         return Flow::Stop;
@@ -1010,7 +1080,11 @@ pub fn far_jmp_call(c: &mut Cpu, o: &Op) -> Flow {
     }
     let cpl = c.cpl;
     set_cs(c, cs, cpl);
-    c.rip = if c.bitness == 64 { off } else { off & 0xffff_ffff };
+    c.rip = if c.bitness == 64 {
+        off
+    } else {
+        off & 0xffff_ffff
+    };
     c.link = 2;
     Flow::End
 }
@@ -1028,7 +1102,10 @@ pub fn far_ret(c: &mut Cpu, o: &Op) -> Flow {
     let outer = rpl > c.cpl;
     let (nsp, nss) = if outer {
         let base = 2 * sz as u64 + o.imm;
-        (t!(c.peek(sz, base)), t!(c.peek(sz, base + sz as u64)) as u16)
+        (
+            t!(c.peek(sz, base)),
+            t!(c.peek(sz, base + sz as u64)) as u16,
+        )
     } else {
         (0, 0)
     };
@@ -1044,7 +1121,11 @@ pub fn far_ret(c: &mut Cpu, o: &Op) -> Flow {
         c.sp_add(2 * sz as u64 + o.imm);
     }
     set_cs(c, cs, rpl);
-    c.rip = if c.bitness == 64 { off } else { off & 0xffff_ffff };
+    c.rip = if c.bitness == 64 {
+        off
+    } else {
+        off & 0xffff_ffff
+    };
     c.link = 2;
     Flow::End
 }

@@ -56,8 +56,15 @@ pub fn seg(sel: u16, code: bool, l: bool, dpl: u8) -> Segment {
 
 fn desc(code: bool, l: bool, dpl: u8) -> u64 {
     let typ: u64 = if code { 0xb } else { 0x3 };
-    0xffff | (typ << 40) | (1 << 44) | ((dpl as u64) << 45) | (1 << 47) | (0xf << 48)
-        | ((l as u64) << 53) | (((!l) as u64) << 54) | (1 << 55)
+    0xffff
+        | (typ << 40)
+        | (1 << 44)
+        | ((dpl as u64) << 45)
+        | (1 << 47)
+        | (0xf << 48)
+        | ((l as u64) << 53)
+        | (((!l) as u64) << 54)
+        | (1 << 55)
 }
 
 impl Vm {
@@ -74,7 +81,8 @@ impl Vm {
         w(GDT + 0x18, desc(true, false, 3));
         w(GDT + 0x20, desc(false, false, 3));
         w(GDT + 0x28, desc(true, true, 3));
-        let tss_lo = 0x67 | ((TSS & 0xff_ffff) << 16) | (0x9 << 40) | (1 << 47) | ((TSS >> 24 & 0xff) << 56);
+        let tss_lo =
+            0x67 | ((TSS & 0xff_ffff) << 16) | (0x9 << 40) | (1 << 47) | ((TSS >> 24 & 0xff) << 56);
         w(GDT + 0x30, tss_lo);
         w(GDT + 0x38, TSS >> 32);
         w(GDT + 0x40, desc(true, false, 0));
@@ -110,8 +118,14 @@ impl Vm {
                 unusable: true,
                 ..Default::default()
             },
-            gdt: vcpu::DescriptorTable { base: GDT, limit: 0x47 },
-            idt: vcpu::DescriptorTable { base: IDT, limit: 0xfff },
+            gdt: vcpu::DescriptorTable {
+                base: GDT,
+                limit: 0x47,
+            },
+            idt: vcpu::DescriptorTable {
+                base: IDT,
+                limit: 0xfff,
+            },
             cr0: 0x8000_0033 | (1 << 16),
             cr2: 0,
             cr3: PML4,
@@ -128,7 +142,8 @@ impl Vm {
             ..Default::default()
         };
         vcpu.set_regs(&regs).unwrap();
-        vcpu.set_msr(0xc000_0081, ((0x18u64) << 48) | ((KCODE as u64) << 32)).unwrap();
+        vcpu.set_msr(0xc000_0081, ((0x18u64) << 48) | ((KCODE as u64) << 32))
+            .unwrap();
         Vm { mem, vcpu }
     }
 
@@ -183,19 +198,17 @@ impl Vm {
         self.vcpu.set_controls(c).unwrap();
     }
 
-    /// Run until a HLT exit; answers CPUID with zeros, I/O with 0xff.., panics on anything else.
+    /// Run until a HLT exit (completed with Retire); panics on any other exit.
     pub fn run_to_hlt(&mut self) -> VmExit {
-        for _ in 0..1_000_000 {
-            let x = self.vcpu.run().unwrap();
-            match x.reason {
-                ExitReason::Hlt => {
-                    self.vcpu.complete(Completion::Retire).unwrap();
-                    return x;
-                }
-                _ => panic!("unexpected exit {x:?} (regs {:x?})", self.regs()),
-            }
-        }
-        panic!("no HLT");
+        let x = self.vcpu.run().unwrap();
+        assert_eq!(
+            x.reason,
+            ExitReason::Hlt,
+            "unexpected exit {x:?} (regs {:x?})",
+            self.regs()
+        );
+        self.vcpu.complete(Completion::Retire).unwrap();
+        x
     }
 
     pub fn counts(&self) -> (u64, u64) {
@@ -204,7 +217,7 @@ impl Vm {
     }
 
     /// Switch to CPL 3 with user segments (pages are user-accessible).
-    pub fn to_user(&mut self) {
+    pub fn enter_user(&mut self) {
         let mut s = self.vcpu.special_regs().unwrap();
         s.cs = seg(UCODE, true, true, 3);
         s.ss = seg(UDATA, false, false, 3);
