@@ -7,7 +7,8 @@ use std::time::Duration;
 use iced_x86::code_asm::*;
 use support::*;
 use vcpu::{
-    Completion, EptQualification, ExitInfo, ExitReason, IoDirection, IoQualification, Vcpu, VcpuError,
+    Completion, EptQualification, ExitInfo, ExitReason, IoDirection, IoQualification, Vcpu,
+    VcpuError,
 };
 
 /// Guest-physical address outside RAM, mapped at PAGED + 0x3000.
@@ -56,13 +57,35 @@ fn cpuid_exits_with_leaf_and_length_and_retires_with_the_answer() {
     assert_eq!(x.reason, ExitReason::Cpuid);
     assert_eq!(x.instruction_len, 2);
     assert_eq!(x.rip, CODE + 10);
-    assert_eq!(x.info, ExitInfo::Cpuid { leaf: 7, subleaf: 1 });
+    assert_eq!(
+        x.info,
+        ExitInfo::Cpuid {
+            leaf: 7,
+            subleaf: 1
+        }
+    );
     assert_eq!(vm.counts().0, 2, "CPUID has not retired yet");
-    assert!(matches!(vm.vcpu.run(), Err(VcpuError::ExitNotCompleted(ExitReason::Cpuid))));
-    assert!(vm.vcpu.complete(Completion::Rdtsc(1)).is_err(), "wrong completion kind");
-    vm.vcpu.complete(Completion::Cpuid { eax: 1, ebx: 2, ecx: 3, edx: 4 }).unwrap();
+    assert!(matches!(
+        vm.vcpu.run(),
+        Err(VcpuError::ExitNotCompleted(ExitReason::Cpuid))
+    ));
+    assert!(
+        vm.vcpu.complete(Completion::Rdtsc(1)).is_err(),
+        "wrong completion kind"
+    );
+    vm.vcpu
+        .complete(Completion::Cpuid {
+            eax: 1,
+            ebx: 2,
+            ecx: 3,
+            edx: 4,
+        })
+        .unwrap();
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len, x.rip), (ExitReason::Hlt, 1, CODE + 12));
+    assert_eq!(
+        (x.reason, x.instruction_len, x.rip),
+        (ExitReason::Hlt, 1, CODE + 12)
+    );
     let r = vm.regs();
     assert_eq!((r.rax, r.rbx, r.rcx, r.rdx), (1, 2, 3, 4));
     assert_eq!(vm.counts().0, 3);
@@ -79,7 +102,10 @@ fn io_exits_carry_the_sdm_qualification() {
         a.hlt().unwrap();
     });
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len), (ExitReason::IoInstruction, 2));
+    assert_eq!(
+        (x.reason, x.instruction_len),
+        (ExitReason::IoInstruction, 2)
+    );
     let q = IoQualification {
         size: 1,
         direction: IoDirection::In,
@@ -89,14 +115,35 @@ fn io_exits_carry_the_sdm_qualification() {
         port: 0x60,
     };
     assert_eq!(x.qualification, q.encode());
-    assert_eq!(x.info, ExitInfo::Io { qual: q, out_value: None });
+    assert_eq!(
+        x.info,
+        ExitInfo::Io {
+            qual: q,
+            out_value: None
+        }
+    );
     vm.vcpu.complete(Completion::IoIn(0xab)).unwrap();
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len), (ExitReason::IoInstruction, 1));
+    assert_eq!(
+        (x.reason, x.instruction_len),
+        (ExitReason::IoInstruction, 1)
+    );
     let q = IoQualification::decode(x.qualification).unwrap();
-    assert_eq!((q.size, q.direction, q.immediate, q.port), (4, IoDirection::Out, false, 0x3f8));
-    assert_eq!(x.info, ExitInfo::Io { qual: q, out_value: Some(0x1234_5678) });
-    assert!(vm.vcpu.complete(Completion::IoIn(0)).is_err(), "OUT takes Retire");
+    assert_eq!(
+        (q.size, q.direction, q.immediate, q.port),
+        (4, IoDirection::Out, false, 0x3f8)
+    );
+    assert_eq!(
+        x.info,
+        ExitInfo::Io {
+            qual: q,
+            out_value: Some(0x1234_5678)
+        }
+    );
+    assert!(
+        vm.vcpu.complete(Completion::IoIn(0)).is_err(),
+        "OUT takes Retire"
+    );
     vm.vcpu.complete(Completion::Retire).unwrap();
     vm.run_to_hlt();
     assert_eq!(vm.regs().rax, 0x1234_5678);
@@ -123,9 +170,15 @@ fn rep_ins_exits_once_per_element_and_retires_after_the_last() {
     });
     for i in 0..3u32 {
         let x = vm.vcpu.run().unwrap();
-        assert_eq!((x.reason, x.instruction_len), (ExitReason::IoInstruction, 3), "rep insw is 66 f3 6d");
+        assert_eq!(
+            (x.reason, x.instruction_len),
+            (ExitReason::IoInstruction, 3),
+            "rep insw is 66 f3 6d"
+        );
         let q = IoQualification::decode(x.qualification).unwrap();
-        assert!(q.string && q.rep && q.direction == IoDirection::In && q.size == 2 && q.port == 0x71);
+        assert!(
+            q.string && q.rep && q.direction == IoDirection::In && q.size == 2 && q.port == 0x71
+        );
         assert_eq!(vm.regs().rcx, 3 - i as u64, "RCX counts remaining elements");
         assert_eq!(vm.counts().0, 3, "not retired until the last element");
         vm.vcpu.complete(Completion::IoIn(0x1100 + i)).unwrap();
@@ -150,17 +203,38 @@ fn hlt_rdtsc_rdtscp_rdrand_rdseed_exits() {
         a.hlt().unwrap();
     });
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len, x.rip), (ExitReason::Rdtsc, 2, CODE));
+    assert_eq!(
+        (x.reason, x.instruction_len, x.rip),
+        (ExitReason::Rdtsc, 2, CODE)
+    );
     vm.vcpu.complete(Completion::Rdtsc(0x1_0000_0005)).unwrap();
     let x = vm.vcpu.run().unwrap();
     assert_eq!((x.reason, x.instruction_len), (ExitReason::Rdtscp, 3));
-    vm.vcpu.complete(Completion::Rdtscp { tsc: 9, aux: 42 }).unwrap();
+    vm.vcpu
+        .complete(Completion::Rdtscp { tsc: 9, aux: 42 })
+        .unwrap();
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len, x.info.clone()), (ExitReason::Rdrand, 4, ExitInfo::Random { size: 8 }));
-    vm.vcpu.complete(Completion::Random { value: 77, valid: true }).unwrap();
+    assert_eq!(
+        (x.reason, x.instruction_len, x.info.clone()),
+        (ExitReason::Rdrand, 4, ExitInfo::Random { size: 8 })
+    );
+    vm.vcpu
+        .complete(Completion::Random {
+            value: 77,
+            valid: true,
+        })
+        .unwrap();
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len, x.info.clone()), (ExitReason::Rdseed, 3, ExitInfo::Random { size: 4 }));
-    vm.vcpu.complete(Completion::Random { value: 5, valid: false }).unwrap();
+    assert_eq!(
+        (x.reason, x.instruction_len, x.info.clone()),
+        (ExitReason::Rdseed, 3, ExitInfo::Random { size: 4 })
+    );
+    vm.vcpu
+        .complete(Completion::Random {
+            value: 5,
+            valid: false,
+        })
+        .unwrap();
     let x = vm.vcpu.run().unwrap();
     assert_eq!((x.reason, x.instruction_len), (ExitReason::Hlt, 1));
     vm.vcpu.complete(Completion::Retire).unwrap();
@@ -169,7 +243,11 @@ fn hlt_rdtsc_rdtscp_rdrand_rdseed_exits() {
     assert_eq!(r.rdx, 0);
     assert_eq!(r.r9, 42);
     assert_eq!((r.rbx, r.r10 & 0xff), (77, 1));
-    assert_eq!((r.rsi, r.r11 & 0xff), (0, 0), "invalid: CF = 0 and zero destination");
+    assert_eq!(
+        (r.rsi, r.r11 & 0xff),
+        (0, 0),
+        "invalid: CF = 0 and zero destination"
+    );
 }
 
 #[test]
@@ -214,17 +292,32 @@ fn msr_bitmap_selects_rdmsr_and_wrmsr_exits() {
         a.hlt().unwrap();
     });
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len, x.info.clone()), (ExitReason::Rdmsr, 2, ExitInfo::Rdmsr { index: 0x1234 }));
-    vm.vcpu.complete(Completion::Rdmsr(0xaaaa_bbbb_cccc_dddd)).unwrap();
+    assert_eq!(
+        (x.reason, x.instruction_len, x.info.clone()),
+        (ExitReason::Rdmsr, 2, ExitInfo::Rdmsr { index: 0x1234 })
+    );
+    vm.vcpu
+        .complete(Completion::Rdmsr(0xaaaa_bbbb_cccc_dddd))
+        .unwrap();
     let x = vm.vcpu.run().unwrap();
     assert_eq!(x.reason, ExitReason::Wrmsr);
-    assert_eq!(x.info, ExitInfo::Wrmsr { index: 0xc000_0080, value: 0x501 });
+    assert_eq!(
+        x.info,
+        ExitInfo::Wrmsr {
+            index: 0xc000_0080,
+            value: 0x501
+        }
+    );
     vm.vcpu.complete(Completion::Retire).unwrap();
     let x = vm.vcpu.run().unwrap();
     assert_eq!(x.reason, ExitReason::Hlt);
     assert_eq!(vm.regs().rip, HANDLERS, "#GP for the unknown MSR");
     assert_eq!(vm.read_u64(STACK - 48), 0, "#GP(0)");
-    assert_eq!(vm.read_u64(STACK - 40), CODE + 0x1a, "at the faulting RDMSR");
+    assert_eq!(
+        vm.read_u64(STACK - 40),
+        CODE + 0x1a,
+        "at the faulting RDMSR"
+    );
 }
 
 #[test]
@@ -241,7 +334,9 @@ fn completion_fault_delivers_instead_of_retiring() {
     });
     let x = vm.vcpu.run().unwrap();
     assert_eq!(x.reason, ExitReason::Wrmsr);
-    vm.vcpu.complete(Completion::Fault(vcpu::Exception::GP0)).unwrap();
+    vm.vcpu
+        .complete(Completion::Fault(vcpu::Exception::GP0))
+        .unwrap();
     vm.run_to_hlt();
     assert_eq!(vm.read_u64(STACK - 40), CODE + 5);
     assert_eq!(vm.counts().0, 1);
@@ -258,12 +353,21 @@ fn mmio_read_write_fetch_and_read_modify_write() {
         a.hlt().unwrap();
     });
     let x = vm.vcpu.run().unwrap();
-    assert_eq!((x.reason, x.instruction_len, x.rip), (ExitReason::EptViolation, 3, CODE + 10));
+    assert_eq!(
+        (x.reason, x.instruction_len, x.rip),
+        (ExitReason::EptViolation, 3, CODE + 10)
+    );
     let q = EptQualification::decode(x.qualification);
     assert!(q.read && !q.write && !q.fetch && q.linear_valid && q.translated_access);
     assert_eq!(
         x.info,
-        ExitInfo::Mmio { gpa: MMIO_GPA + 0x10, linear: Some(MMIO_LIN + 0x10), size: 4, write_data: None, fetch: false }
+        ExitInfo::Mmio {
+            gpa: MMIO_GPA + 0x10,
+            linear: Some(MMIO_LIN + 0x10),
+            size: 4,
+            write_data: None,
+            fetch: false
+        }
     );
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&7u32.to_le_bytes());
@@ -272,7 +376,12 @@ fn mmio_read_write_fetch_and_read_modify_write() {
     assert_eq!(x.reason, ExitReason::EptViolation);
     assert_eq!(EptQualification::decode(x.qualification).write, true);
     match x.info {
-        ExitInfo::Mmio { gpa, size: 2, write_data: Some(d), .. } => {
+        ExitInfo::Mmio {
+            gpa,
+            size: 2,
+            write_data: Some(d),
+            ..
+        } => {
             assert_eq!(gpa, MMIO_GPA + 0x20);
             assert_eq!(&d[..2], &[0x66, 0x55]);
         }
@@ -281,13 +390,24 @@ fn mmio_read_write_fetch_and_read_modify_write() {
     vm.vcpu.complete(Completion::Retire).unwrap();
     // add [mmio], eax: a read exit, then a write exit with the sum.
     let x = vm.vcpu.run().unwrap();
-    assert!(matches!(x.info, ExitInfo::Mmio { write_data: None, size: 4, .. }));
+    assert!(matches!(
+        x.info,
+        ExitInfo::Mmio {
+            write_data: None,
+            size: 4,
+            ..
+        }
+    ));
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&100u32.to_le_bytes());
     vm.vcpu.complete(Completion::MmioRead(b)).unwrap();
     let x = vm.vcpu.run().unwrap();
     match x.info {
-        ExitInfo::Mmio { write_data: Some(d), size: 4, .. } => assert_eq!(u32::from_le_bytes([d[0], d[1], d[2], d[3]]), 107),
+        ExitInfo::Mmio {
+            write_data: Some(d),
+            size: 4,
+            ..
+        } => assert_eq!(u32::from_le_bytes([d[0], d[1], d[2], d[3]]), 107),
         other => panic!("{other:?}"),
     }
     vm.vcpu.complete(Completion::Retire).unwrap();
@@ -321,7 +441,11 @@ fn preemption_timer_counts_retired_instructions_exactly() {
     assert_eq!(x.reason, ExitReason::PreemptionTimer);
     assert_eq!(vm.counts().0, 1001);
     assert_eq!(vm.regs().rax, 501);
-    assert_eq!(vm.vcpu.controls().preemption_timer, Some(0), "saved value counts down");
+    assert_eq!(
+        vm.vcpu.controls().preemption_timer,
+        Some(0),
+        "saved value counts down"
+    );
     vm.controls(|c| c.preemption_timer = Some(10));
     vm.vcpu.run().unwrap();
     assert_eq!(vm.counts().0, 1011);
@@ -343,7 +467,12 @@ fn kick_from_another_thread_exits_with_the_kick_vector() {
     let x = vm.vcpu.run().unwrap();
     t.join().unwrap();
     assert_eq!(x.reason, ExitReason::ExternalInterrupt);
-    assert_eq!(x.info, ExitInfo::ExternalInterrupt { vector: vcpu::HOST_KICK_VECTOR });
+    assert_eq!(
+        x.info,
+        ExitInfo::ExternalInterrupt {
+            vector: vcpu::HOST_KICK_VECTOR
+        }
+    );
     // A kick while not running makes the next run return at once.
     vm.vcpu.kicker().kick();
     let n = vm.counts().0;

@@ -41,13 +41,21 @@ fn interrupt_with_if_clear_waits_for_the_window_and_sti_shadow_delays_one_instru
     let x = vm.vcpu.run().unwrap();
     assert_eq!(x.reason, ExitReason::InterruptWindow);
     // STI at CODE+5 (1 byte), then one `inc eax` (2 bytes) runs in the shadow.
-    assert_eq!(x.rip, CODE + sti_at + 1 + 2, "the window opens after the instruction following STI");
+    assert_eq!(
+        x.rip,
+        CODE + sti_at + 1 + 2,
+        "the window opens after the instruction following STI"
+    );
     assert_eq!(vm.regs().rax, 2);
     vm.controls(|c| c.interrupt_window_exiting = false);
     vm.vcpu.inject(Event::ExternalInterrupt(0x30)).unwrap();
     vm.run_to_hlt();
     assert_eq!(vm.read_u64(DATA), CODE + sti_at + 3, "return RIP");
-    assert_eq!(vm.read_u64(DATA + 16) & 0x200, 0x200, "IF was set in the pushed RFLAGS");
+    assert_eq!(
+        vm.read_u64(DATA + 16) & 0x200,
+        0x200,
+        "IF was set in the pushed RFLAGS"
+    );
 }
 
 #[test]
@@ -63,7 +71,10 @@ fn shadow_is_visible_through_interruptible() {
     assert!(!vm.vcpu.interruptible().unwrap());
     assert_eq!(vm.vcpu.run().unwrap().reason, ExitReason::MonitorTrapFlag);
     assert!(!vm.vcpu.interruptible().unwrap(), "STI shadow");
-    assert!(matches!(vm.vcpu.inject(Event::ExternalInterrupt(0x40)), Err(VcpuError::CannotInject { .. })));
+    assert!(matches!(
+        vm.vcpu.inject(Event::ExternalInterrupt(0x40)),
+        Err(VcpuError::CannotInject { .. })
+    ));
     assert_eq!(vm.vcpu.run().unwrap().reason, ExitReason::MonitorTrapFlag);
     assert!(vm.vcpu.interruptible().unwrap());
 }
@@ -88,7 +99,11 @@ fn mov_ss_shadow_blocks_for_one_instruction() {
         assert_eq!(vm.vcpu.run().unwrap().reason, ExitReason::MonitorTrapFlag);
         states.push(vm.vcpu.interruptible().unwrap());
     }
-    assert_eq!(states, vec![true, true, true, false, true], "only MOV SS opens a shadow here");
+    assert_eq!(
+        states,
+        vec![true, true, true, false, true],
+        "only MOV SS opens a shadow here"
+    );
 }
 
 #[test]
@@ -100,12 +115,19 @@ fn injected_exception_with_error_code_arrives_with_the_right_frame() {
         a.nop().unwrap();
     });
     vm.vcpu
-        .inject(Event::Exception(Exception { vector: 13, error_code: Some(0x18) }))
+        .inject(Event::Exception(Exception {
+            vector: 13,
+            error_code: Some(0x18),
+        }))
         .unwrap();
     vm.run_to_hlt();
     let f: Vec<u64> = (0..6).map(|i| vm.read_u64(DATA + 8 * i)).collect();
     assert_eq!(f, vec![0x18, CODE, KCODE as u64, 2, STACK, KDATA as u64]);
-    assert_eq!(vm.counts().0, 13, "delivery is not an instruction: only the handler counted");
+    assert_eq!(
+        vm.counts().0,
+        13,
+        "delivery is not an instruction: only the handler counted"
+    );
 }
 
 #[test]
@@ -118,7 +140,10 @@ fn injected_exception_from_user_mode_switches_stacks() {
     });
     vm.enter_user();
     vm.vcpu
-        .inject(Event::Exception(Exception { vector: 14, error_code: Some(6) }))
+        .inject(Event::Exception(Exception {
+            vector: 14,
+            error_code: Some(6),
+        }))
         .unwrap();
     vm.run_to_hlt();
     let f: Vec<u64> = (0..6).map(|i| vm.read_u64(DATA + 8 * i)).collect();
@@ -140,7 +165,10 @@ fn nmi_is_delivered_and_blocks_further_nmis_until_iret() {
     vm.vcpu.inject(Event::Nmi).unwrap();
     vm.run_to_hlt();
     assert_eq!(vm.regs().rbx, 1);
-    assert!(matches!(vm.vcpu.inject(Event::Nmi), Err(VcpuError::CannotInject { .. })));
+    assert!(matches!(
+        vm.vcpu.inject(Event::Nmi),
+        Err(VcpuError::CannotInject { .. })
+    ));
     vm.run_to_hlt(); // iretq, then the HLT at CODE
     assert_eq!(vm.regs().rip, CODE);
     vm.vcpu.inject(Event::Nmi).unwrap();

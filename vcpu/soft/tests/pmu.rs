@@ -21,14 +21,23 @@ fn spin(vm: &Vm) {
 
 fn program(vm: &mut Vm, ctr: u32, event: u64, start: u64) {
     let p = vm.vcpu.host_pmu().unwrap();
-    p.wrmsr(msr::IA32_PERFEVTSEL0 + ctr, evtsel::EN | evtsel::USR | evtsel::OS | evtsel::INT | event).unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0 + ctr,
+        evtsel::EN | evtsel::USR | evtsel::OS | evtsel::INT | event,
+    )
+    .unwrap();
     p.wrmsr(A_PMC0 + ctr, start).unwrap();
 }
 
 fn run_to_pmi(vm: &mut Vm) {
     let x = vm.vcpu.run().unwrap();
     assert_eq!(x.reason, ExitReason::ExternalInterrupt);
-    assert_eq!(x.info, ExitInfo::ExternalInterrupt { vector: vcpu::HOST_PMI_VECTOR });
+    assert_eq!(
+        x.info,
+        ExitInfo::ExternalInterrupt {
+            vector: vcpu::HOST_PMI_VECTOR
+        }
+    );
 }
 
 #[test]
@@ -60,8 +69,16 @@ fn skid_k_lands_k_instructions_later() {
         assert_eq!(i, 200 + k, "k = {k}");
         assert_eq!(b, 100 + k / 2);
         let p = vm.vcpu.host_pmu().unwrap();
-        assert_eq!(p.rdmsr(msr::IA32_PERF_GLOBAL_STATUS).unwrap(), 2, "counter 1's bit");
-        assert_eq!(p.rdmsr(msr::IA32_PMC0 + 1).unwrap(), k / 2, "the counter kept counting through the skid");
+        assert_eq!(
+            p.rdmsr(msr::IA32_PERF_GLOBAL_STATUS).unwrap(),
+            2,
+            "counter 1's bit"
+        );
+        assert_eq!(
+            p.rdmsr(msr::IA32_PMC0 + 1).unwrap(),
+            k / 2,
+            "the counter kept counting through the skid"
+        );
     }
 }
 
@@ -103,13 +120,31 @@ fn usr_and_os_filters_follow_the_ring() {
     });
     let p = vm.vcpu.host_pmu().unwrap();
     let sel = |m: u64, e: u64| evtsel::EN | m | e;
-    p.wrmsr(msr::IA32_PERFEVTSEL0, sel(evtsel::USR, evtsel::EVENT_INSTRUCTIONS_RETIRED)).unwrap();
-    p.wrmsr(msr::IA32_PERFEVTSEL0 + 1, sel(evtsel::OS, evtsel::EVENT_INSTRUCTIONS_RETIRED)).unwrap();
-    p.wrmsr(msr::IA32_PERFEVTSEL0 + 2, sel(evtsel::USR, evtsel::EVENT_BRANCHES_RETIRED)).unwrap();
-    p.wrmsr(msr::IA32_PERFEVTSEL0 + 3, sel(evtsel::OS, evtsel::EVENT_BRANCHES_RETIRED)).unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0,
+        sel(evtsel::USR, evtsel::EVENT_INSTRUCTIONS_RETIRED),
+    )
+    .unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0 + 1,
+        sel(evtsel::OS, evtsel::EVENT_INSTRUCTIONS_RETIRED),
+    )
+    .unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0 + 2,
+        sel(evtsel::USR, evtsel::EVENT_BRANCHES_RETIRED),
+    )
+    .unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0 + 3,
+        sel(evtsel::OS, evtsel::EVENT_BRANCHES_RETIRED),
+    )
+    .unwrap();
     vm.run_to_hlt();
     let p = vm.vcpu.host_pmu().unwrap();
-    let v: Vec<u64> = (0..4).map(|i| p.rdmsr(msr::IA32_PMC0 + i).unwrap()).collect();
+    let v: Vec<u64> = (0..4)
+        .map(|i| p.rdmsr(msr::IA32_PMC0 + i).unwrap())
+        .collect();
     // user: 4 nops + syscall; kernel: mov, mov, sysretq, nop.
     assert_eq!(v, vec![5, 4, 1, 1]);
 }
@@ -119,29 +154,55 @@ fn counters_are_frozen_while_disabled() {
     let mut vm = Vm::long64();
     spin(&vm);
     let p = vm.vcpu.host_pmu().unwrap();
-    p.wrmsr(msr::IA32_PERFEVTSEL0, evtsel::USR | evtsel::OS | evtsel::EVENT_INSTRUCTIONS_RETIRED).unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0,
+        evtsel::USR | evtsel::OS | evtsel::EVENT_INSTRUCTIONS_RETIRED,
+    )
+    .unwrap();
     p.wrmsr(A_PMC0, 5).unwrap();
     vm.controls(|c| c.preemption_timer = Some(100));
     assert_eq!(vm.vcpu.run().unwrap().reason, ExitReason::PreemptionTimer);
-    assert_eq!(vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap(), 5, "EN clear");
+    assert_eq!(
+        vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap(),
+        5,
+        "EN clear"
+    );
     let p = vm.vcpu.host_pmu().unwrap();
-    p.wrmsr(msr::IA32_PERFEVTSEL0, evtsel::EN | evtsel::USR | evtsel::OS | evtsel::EVENT_INSTRUCTIONS_RETIRED)
-        .unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0,
+        evtsel::EN | evtsel::USR | evtsel::OS | evtsel::EVENT_INSTRUCTIONS_RETIRED,
+    )
+    .unwrap();
     p.wrmsr(msr::IA32_PERF_GLOBAL_CTRL, 0).unwrap();
     vm.controls(|c| c.preemption_timer = Some(100));
     vm.vcpu.run().unwrap();
-    assert_eq!(vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap(), 5, "GLOBAL_CTRL clear");
-    vm.vcpu.host_pmu().unwrap().wrmsr(msr::IA32_PERF_GLOBAL_CTRL, 1).unwrap();
+    assert_eq!(
+        vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap(),
+        5,
+        "GLOBAL_CTRL clear"
+    );
+    vm.vcpu
+        .host_pmu()
+        .unwrap()
+        .wrmsr(msr::IA32_PERF_GLOBAL_CTRL, 1)
+        .unwrap();
     vm.controls(|c| c.preemption_timer = Some(100));
     vm.vcpu.run().unwrap();
-    assert_eq!(vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap(), 105);
+    assert_eq!(
+        vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap(),
+        105
+    );
 }
 
 #[test]
 fn guest_bank_counts_its_own_code_and_is_separate_from_the_host_bank() {
     let mut vm = Vm::long64();
     let p = vm.vcpu.host_pmu().unwrap();
-    p.wrmsr(msr::IA32_PERFEVTSEL0, evtsel::EN | evtsel::OS | evtsel::EVENT_INSTRUCTIONS_RETIRED).unwrap();
+    p.wrmsr(
+        msr::IA32_PERFEVTSEL0,
+        evtsel::EN | evtsel::OS | evtsel::EVENT_INSTRUCTIONS_RETIRED,
+    )
+    .unwrap();
     p.wrmsr(A_PMC0, 1000).unwrap();
     let sel = evtsel::EN | evtsel::OS | evtsel::EVENT_INSTRUCTIONS_RETIRED;
     vm.asm(CODE, |a| {
@@ -161,11 +222,22 @@ fn guest_bank_counts_its_own_code_and_is_separate_from_the_host_bank() {
     });
     vm.run_to_hlt();
     let r = vm.regs();
-    assert_eq!(r.r8, 12, "wrmsr + 10 nops + mov ecx (RDMSR reads before it retires)");
+    assert_eq!(
+        r.r8, 12,
+        "wrmsr + 10 nops + mov ecx (RDMSR reads before it retires)"
+    );
     assert_eq!(r.rax, 15, "three more: rdmsr, mov, xor");
-    assert_eq!(vm.vcpu.msr(msr::IA32_PMC0).unwrap(), 16, "guest view after RDPMC retired");
+    assert_eq!(
+        vm.vcpu.msr(msr::IA32_PMC0).unwrap(),
+        16,
+        "guest view after RDPMC retired"
+    );
     let host = vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap();
-    assert_eq!(host, 1000 + 19, "host counts everything: 4 + 10 + 5 (the HLT has not retired)");
+    assert_eq!(
+        host,
+        1000 + 19,
+        "host counts everything: 4 + 10 + 5 (the HLT has not retired)"
+    );
     assert_eq!(vm.vcpu.guest_cpuid_0a()[0], 0x0730_0402);
 }
 
@@ -179,7 +251,10 @@ fn guest_counter_overflow_with_int_requests_a_guest_pmi() {
         a.hlt().unwrap();
     });
     vm.vcpu
-        .set_msr(msr::IA32_PERFEVTSEL0, evtsel::EN | evtsel::OS | evtsel::INT | evtsel::EVENT_INSTRUCTIONS_RETIRED)
+        .set_msr(
+            msr::IA32_PERFEVTSEL0,
+            evtsel::EN | evtsel::OS | evtsel::INT | evtsel::EVENT_INSTRUCTIONS_RETIRED,
+        )
         .unwrap();
     vm.vcpu.set_msr(A_PMC0, WRAP - 5).unwrap();
     vm.run_to_hlt();
