@@ -374,7 +374,7 @@ fn mmio_read_write_fetch_and_read_modify_write() {
     vm.vcpu.complete(Completion::MmioRead(b)).unwrap();
     let x = vm.vcpu.run().unwrap();
     assert_eq!(x.reason, ExitReason::EptViolation);
-    assert_eq!(EptQualification::decode(x.qualification).write, true);
+    assert!(EptQualification::decode(x.qualification).write);
     match x.info {
         ExitInfo::Mmio {
             gpa,
