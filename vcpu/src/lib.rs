@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod controls;
+pub mod cpuid;
 pub mod event;
 pub mod exit;
 pub mod pmu;
@@ -35,6 +36,7 @@ pub mod timepoint;
 use std::sync::Arc;
 
 pub use controls::{ExecControls, IoBitmap, MsrBitmap};
+pub use cpuid::{CpuidEntry, CpuidPolicy};
 pub use event::{Event, Exception};
 pub use exit::{
     Completion, EptQualification, ExitInfo, ExitReason, IoDirection, IoQualification, VmExit,
@@ -174,4 +176,43 @@ pub trait Vcpu: Send {
     /// The host-owned performance counter bank (the recorder's, invisible to
     /// the guest), where the backend has one.
     fn host_pmu(&mut self) -> Option<&mut dyn PmuBank>;
+
+    /// The controls a recording monitor should start from on this backend:
+    /// every source of non-determinism the backend can make exit, exits. A
+    /// backend that cannot trap something (stock KVM and RDTSC) leaves it off
+    /// here rather than fail `set_controls`.
+    fn default_controls(&self) -> ExecControls {
+        ExecControls::default()
+    }
+
+    /// On a backend without exact counters, the number of deterministic
+    /// instruction exits so far: the clock of exit-synchronous mode, in which
+    /// asynchronous events are delivered only at such exits. `None` where
+    /// [`Vcpu::retired`] is exact and events land at precise timepoints.
+    fn deterministic_exits(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// How a backend timestamps asynchronous events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CounterMode {
+    /// Exact retired-branch counts: events land at any instruction boundary.
+    Exact,
+    /// No precise counter: events are delivered only at deterministic exits,
+    /// timestamped by the exit count.
+    ExitSynchronous,
+}
+
+impl CounterMode {
+    /// The mode a vCPU supports.
+    pub fn of(vcpu: &dyn Vcpu) -> Option<CounterMode> {
+        if vcpu.retired().is_some() {
+            Some(CounterMode::Exact)
+        } else if vcpu.deterministic_exits().is_some() {
+            Some(CounterMode::ExitSynchronous)
+        } else {
+            None
+        }
+    }
 }

@@ -25,6 +25,15 @@ enum Command {
     /// Benchmarks (each figure beside its baseline from the same run).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
+    /// The system description (system.toml).
+    #[command(subcommand)]
+    System(cmd::system::SystemCmd),
+    /// Report what this host offers (KVM, PMU, single-step, QEMU) and which backends work.
+    Doctor {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +41,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Version => cmd::version::run(),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::System(c) => cmd::system::run(c),
+        Command::Doctor { json } => cmd::doctor::run(json),
     };
     match result {
         Ok(code) => code,

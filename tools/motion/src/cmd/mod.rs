@@ -1,4 +1,6 @@
 //! One module per subcommand group.
 
 pub mod bench;
+pub mod doctor;
+pub mod system;
 pub mod version;
