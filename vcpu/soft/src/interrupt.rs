@@ -213,7 +213,11 @@ pub fn deliver_once(
     let conforming = cs.type_ & 4 != 0;
     let new_cpl = if conforming { c.cpl } else { cs.dpl };
     cs.selector = (sel & !3) | new_cpl as u16;
-    let old_rflags = c.rflags();
+    // Faults push RF = 1 (SDM 6.12.1.x): the restarted instruction must not
+    // re-trigger an instruction breakpoint.
+    let is_fault = kind == EventKind::Exception
+        && matches!(vector, 0 | 5 | 6 | 7 | 10..=14 | 16 | 17 | 19 | 20 | 21);
+    let old_rflags = c.rflags() | if is_fault { flags::RF } else { 0 };
     let old_cs = c.seg[CS].selector as u64;
     let old_ss = c.seg[SS].selector as u64;
     let old_rsp = c.gpr[4];
@@ -296,7 +300,7 @@ pub fn deliver_once(
         }
         c.gpr[4] = base;
     }
-    let mut rf = old_rflags & !(flags::TF | flags::NT | flags::RF | flags::VM);
+    let mut rf = c.rflags() & !(flags::TF | flags::NT | flags::RF | flags::VM);
     if !trap {
         rf &= !flags::IF;
     }

@@ -122,7 +122,11 @@ fn injected_exception_with_error_code_arrives_with_the_right_frame() {
         .unwrap();
     vm.run_to_hlt();
     let f: Vec<u64> = (0..6).map(|i| vm.read_u64(DATA + 8 * i)).collect();
-    assert_eq!(f, vec![0x18, CODE, KCODE as u64, 2, STACK, KDATA as u64]);
+    // Fault-class exceptions push RF = 1 (also when injected).
+    assert_eq!(
+        f,
+        vec![0x18, CODE, KCODE as u64, 0x10002, STACK, KDATA as u64]
+    );
     assert_eq!(
         vm.counts().0,
         13,
@@ -147,7 +151,7 @@ fn injected_exception_from_user_mode_switches_stacks() {
         .unwrap();
     vm.run_to_hlt();
     let f: Vec<u64> = (0..6).map(|i| vm.read_u64(DATA + 8 * i)).collect();
-    assert_eq!(f, vec![6, CODE, UCODE as u64, 2, STACK, UDATA as u64]);
+    assert_eq!(f, vec![6, CODE, UCODE as u64, 0x10002, STACK, UDATA as u64]);
 }
 
 #[test]

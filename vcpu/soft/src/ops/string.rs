@@ -90,9 +90,16 @@ fn step(c: &mut Cpu, o: &Op, delta: u64, asz: u8) -> Result<(), ()> {
 
 /// A string instruction, with or without a repeat prefix.
 pub fn string(c: &mut Cpu, o: &Op) -> Flow {
-    if o.cc >= sop::INS && !crate::ops::sys::io_allowed(c, c.gpr[2] as u16, o.sz) {
-        c.gp0();
-        return Flow::Stop;
+    if o.cc >= sop::INS {
+        let port = c.gpr[2] as u16;
+        match crate::ops::sys::io_allowed(c, port, o.sz) {
+            Ok(true) => {}
+            Ok(false) => {
+                c.gp0();
+                return Flow::Stop;
+            }
+            Err(_) => return Flow::Stop,
+        }
     }
     let asz = o.sz2;
     let delta = if c.rf & flags::DF != 0 {

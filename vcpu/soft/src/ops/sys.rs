@@ -41,9 +41,29 @@ fn need_cpl0(c: &mut Cpu) -> R<()> {
     if c.cpl != 0 { Err(c.gp0()) } else { Ok(()) }
 }
 
-/// Whether CPL/IOPL allow I/O (there is no TSS I/O permission bitmap check: IOPL < CPL faults).
-pub fn io_allowed(c: &Cpu, _port: u16, _sz: u8) -> bool {
-    (c.cpl as u64) <= (c.rflags() & flags::IOPL) >> 12
+/// Whether I/O to `sz` bytes at `port` is allowed: CPL <= IOPL, or else
+/// every port's bit is clear in the TSS I/O permission bitmap (SDM 19.5.2).
+pub fn io_allowed(c: &mut Cpu, port: u16, sz: u8) -> R<bool> {
+    if (c.cpl as u64) <= (c.rflags() & flags::IOPL) >> 12 {
+        return Ok(true);
+    }
+    let tr = c.tr;
+    if tr.unusable || tr.limit < 0x67 {
+        return Ok(false);
+    }
+    let map = c.rd_sys(tr.base.wrapping_add(0x66) & c.lin_mask, 2)? & 0xffff;
+    for i in 0..sz as u64 {
+        let p = port as u64 + i;
+        let off = map + p / 8;
+        if off > tr.limit as u64 {
+            return Ok(false);
+        }
+        let byte = c.rd_sys(tr.base.wrapping_add(off) & c.lin_mask, 1)?;
+        if byte & (1 << (p % 8)) != 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Read a port: exits if the I/O bitmap selects it; else reads all-ones (no device).
@@ -115,7 +135,7 @@ pub fn in_(c: &mut Cpu, o: &Op) -> Flow {
     } else {
         c.gpr[2] as u16
     };
-    if !io_allowed(c, port, o.sz) {
+    if !t!(io_allowed(c, port, o.sz)) {
         c.gp0();
         return Flow::Stop;
     }
@@ -131,7 +151,7 @@ pub fn out(c: &mut Cpu, o: &Op) -> Flow {
     } else {
         c.gpr[2] as u16
     };
-    if !io_allowed(c, port, o.sz) {
+    if !t!(io_allowed(c, port, o.sz)) {
         c.gp0();
         return Flow::Stop;
     }
@@ -807,8 +827,7 @@ pub fn iret(c: &mut Cpu, o: &Op) -> Flow {
     }
     // RFLAGS update with privilege rules.
     let old = c.rflags();
-    let mut changeable =
-        flags::ARITH | flags::TF | flags::DF | flags::NT | flags::AC | flags::ID | flags::RF;
+    let mut changeable = flags::ARITH | flags::TF | flags::DF | flags::NT | flags::AC | flags::ID;
     if c.cpl == 0 {
         changeable |= flags::IOPL | flags::IF;
     } else if (c.cpl as u64) <= (old & flags::IOPL) >> 12 {
