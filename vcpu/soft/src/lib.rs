@@ -144,6 +144,25 @@ impl SoftVcpu {
         self.cache.translated
     }
 
+    /// The host (a device model, a loader) wrote guest-physical memory
+    /// directly: drop translations of code in `gpa..gpa+len`. Guest stores
+    /// are tracked by the vCPU itself; host writes are not.
+    pub fn host_wrote(&mut self, gpa: u64, len: u64) {
+        let first = gpa & !0xfff;
+        let last = gpa.saturating_add(len.max(1) - 1) & !0xfff;
+        let mut p = first;
+        loop {
+            if self.cpu.tlb.code_pages.remove(&p) {
+                self.cache.invalidate_page(p);
+                self.cpu.epoch = self.cpu.epoch.wrapping_add(1);
+            }
+            if p >= last {
+                break;
+            }
+            p += 0x1000;
+        }
+    }
+
     /// Direct access to the interpreter state (tests, debuggers).
     pub fn cpu(&self) -> &Cpu {
         &self.cpu

@@ -336,6 +336,11 @@ pub fn shift(c: &mut Cpu, o: &Op) -> Flow {
     let cnt = (cnt_raw & if sz == 8 { 63 } else { 31 }) as u32;
     let (a, addr) = t!(c.dst(o, sz));
     if cnt == 0 {
+        // Flags are untouched, but a 32-bit register destination is still
+        // written (zero-extended to 64 bits), as on hardware.
+        if sz == 4 && o.dk != kind::MEM {
+            c.set(o.dst, 4, a);
+        }
         return Flow::Next;
     }
     let m = mask(sz);
@@ -433,6 +438,9 @@ pub fn shxd(c: &mut Cpu, o: &Op) -> Flow {
     let cnt = (cnt_raw & if sz == 8 { 63 } else { 31 }) as u32;
     let (a, addr) = t!(c.dst(o, sz));
     if cnt == 0 {
+        if sz == 4 && o.dk != kind::MEM {
+            c.set(o.dst, 4, a);
+        }
         return Flow::Next;
     }
     let b = c.get(o.src, sz);
@@ -703,8 +711,14 @@ pub fn xadd(c: &mut Cpu, o: &Op) -> Flow {
     let (a, addr) = t!(c.dst(o, sz));
     let b = c.get(o.src, sz);
     let r = a.wrapping_add(b);
-    t!(c.put(o, sz, addr, r));
-    c.set(o.src, sz, a);
+    if o.dk == kind::MEM {
+        t!(c.put(o, sz, addr, r));
+        c.set(o.src, sz, a);
+    } else {
+        // SRC <- DEST, then DEST <- sum: with one register for both, the sum wins.
+        c.set(o.src, sz, a);
+        c.set(o.dst, sz, r);
+    }
     c.set_lazy(fop::ADD, sz, a, b, r);
     Flow::Next
 }
