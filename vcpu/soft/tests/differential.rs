@@ -138,30 +138,31 @@ impl SoftOracle {
         ctl.preemption_timer = Some(1_000_000);
         self.vcpu.set_controls(ctl).unwrap();
         let code_end = CODE_BASE + block.code.len() as u64;
-        let end = loop {
-            let x = self.vcpu.run().unwrap();
-            match (x.reason, &x.info) {
-                (ExitReason::IoInstruction, ExitInfo::Io { qual, .. }) => {
-                    self.vcpu.complete(Completion::Retire).unwrap_or(());
-                    let rip = self.vcpu.regs().unwrap().rip;
-                    if qual.port == END_PORT && rip == code_end {
-                        break Ring3End::Completed;
-                    }
-                    if qual.port == FAULT_PORT
-                        && (STUBS_BASE..STUBS_BASE + 256 * STUB_SIZE).contains(&rip)
-                    {
-                        break self.fault(rip);
-                    }
-                    break Ring3End::Io {
+        // Every exit ends the block. The OUT that ended it is completed but
+        // not re-run: its queued answer is dropped when the next block's
+        // first instruction retires (blocks never start with I/O).
+        let x = self.vcpu.run().unwrap();
+        let end = match (x.reason, &x.info) {
+            (ExitReason::IoInstruction, ExitInfo::Io { qual, .. }) => {
+                self.vcpu.complete(Completion::Retire).unwrap_or(());
+                let rip = self.vcpu.regs().unwrap().rip;
+                if qual.port == END_PORT && rip == code_end {
+                    Ring3End::Completed
+                } else if qual.port == FAULT_PORT
+                    && (STUBS_BASE..STUBS_BASE + 256 * STUB_SIZE).contains(&rip)
+                {
+                    self.fault(rip)
+                } else {
+                    Ring3End::Io {
                         port: qual.port,
                         size: qual.size,
                         out: qual.direction == vcpu::IoDirection::Out,
-                    };
+                    }
                 }
-                (ExitReason::PreemptionTimer, _) => break Ring3End::Timeout,
-                (ExitReason::TripleFault, _) => break Ring3End::TripleFault,
-                other => panic!("soft oracle: unexpected exit {other:?}"),
             }
+            (ExitReason::PreemptionTimer, _) => Ring3End::Timeout,
+            (ExitReason::TripleFault, _) => Ring3End::TripleFault,
+            other => panic!("soft oracle: unexpected exit {other:?}"),
         };
         let mut regs = self.vcpu.regs().unwrap();
         match end {
@@ -229,6 +230,8 @@ const GPRS16: [AsmRegister16; 14] = [
 ];
 const GPRS8: [AsmRegister8; 12] = [al, bl, cl, dl, sil, dil, r8b, r9b, r10b, r11b, r12b, r13b];
 const HIGH8: [AsmRegister8; 8] = [al, bl, cl, dl, ah, bh, ch, dh];
+type Emit8 = fn(&mut CodeAssembler, AsmRegister8) -> Result<(), IcedError>;
+type EmitJcc = fn(&mut CodeAssembler, CodeLabel) -> Result<(), IcedError>;
 const XMMS: [AsmRegisterXmm; 8] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
 
 fn iced_to_rflags(b: u32) -> u64 {
@@ -501,7 +504,7 @@ impl Gen {
                     if r == 0 {
                         cmov!(cmovo, cmovno, cmovb, cmovae, cmove, cmovne, cmovbe, cmova, cmovs, cmovns, cmovp, cmovnp, cmovl, cmovge, cmovle, cmovg);
                     } else {
-                        let f: [fn(&mut CodeAssembler, AsmRegister8) -> Result<(), IcedError>; 16] = [
+                        let f: [Emit8; 16] = [
                             |a, d| a.seto(d), |a, d| a.setno(d), |a, d| a.setb(d), |a, d| a.setae(d),
                             |a, d| a.sete(d), |a, d| a.setne(d), |a, d| a.setbe(d), |a, d| a.seta(d),
                             |a, d| a.sets(d), |a, d| a.setns(d), |a, d| a.setp(d), |a, d| a.setnp(d),
@@ -636,7 +639,7 @@ impl Gen {
                     // Flag-dependent control flow: Jcc over one instruction.
                     let cc = rng.random_range(0..16);
                     let mut l = a.create_label();
-                    let j: [fn(&mut CodeAssembler, CodeLabel) -> Result<(), IcedError>; 16] = [
+                    let j: [EmitJcc; 16] = [
                         |a, l| a.jo(l), |a, l| a.jno(l), |a, l| a.jb(l), |a, l| a.jae(l),
                         |a, l| a.je(l), |a, l| a.jne(l), |a, l| a.jbe(l), |a, l| a.ja(l),
                         |a, l| a.js(l), |a, l| a.jns(l), |a, l| a.jp(l), |a, l| a.jnp(l),
