@@ -95,6 +95,20 @@ pub fn run(a: CpuArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn native_impl(_w: &Workload, _runs: usize) -> Result<f64, String> {
-    Err("this build has no ring-3 KVM runner (vcpu-kvm's Ring3Runner is not merged yet)".into())
+fn native_impl(w: &Workload, runs: usize) -> Result<f64, String> {
+    use vcpu_kvm::ring3::{Ring3Block, Ring3End, Ring3Runner, layout};
+    let mut runner = Ring3Runner::new().map_err(|e| e.to_string())?;
+    runner.set_timeout(std::time::Duration::from_secs(120));
+    let mut block = Ring3Block::new(w.code.clone());
+    block.regs.rsi = layout::DATA_BASE + w.data_offsets.0;
+    block.regs.rdi = layout::DATA_BASE + w.data_offsets.1;
+    let mut m = Vec::new();
+    for _ in 0..runs.max(1) {
+        let (out, elapsed) = runner.time_block(&block).map_err(|e| e.to_string())?;
+        if out.end != Ring3End::Completed {
+            return Err(format!("the {} workload ended with {:?} in ring 3", w.name, out.end));
+        }
+        m.push(w.instructions as f64 / elapsed.as_secs_f64() / 1e6);
+    }
+    Ok(median(m))
 }
