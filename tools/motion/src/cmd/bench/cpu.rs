@@ -106,7 +106,10 @@ fn native_impl(w: &Workload, runs: usize) -> Result<f64, String> {
     for _ in 0..runs.max(1) {
         let (out, elapsed) = runner.time_block(&block).map_err(|e| e.to_string())?;
         if out.end != Ring3End::Completed {
-            return Err(format!("the {} workload ended with {:?} in ring 3", w.name, out.end));
+            return Err(format!(
+                "the {} workload ended with {:?} in ring 3",
+                w.name, out.end
+            ));
         }
         m.push(w.instructions as f64 / elapsed.as_secs_f64() / 1e6);
     }
