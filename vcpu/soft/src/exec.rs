@@ -80,6 +80,8 @@ pub struct Cache {
     scratch: Vec<Op>,
     /// Blocks translated (statistics).
     pub translated: u64,
+    /// Bumped by every full flush (block ids are reused after one).
+    generation: u64,
 }
 
 impl Default for Cache {
@@ -107,11 +109,13 @@ impl Cache {
             by_page: HashMap::new(),
             scratch: Vec::with_capacity(MAX_BLOCK),
             translated: 0,
+            generation: 0,
         }
     }
 
     /// Drop every block (also done when the cache is full).
     pub fn flush(&mut self, c: &mut Cpu) {
+        self.generation += 1;
         self.blocks.clear();
         self.map.clear();
         self.by_page.clear();
@@ -307,9 +311,12 @@ impl Cache {
                     if lep == c.epoch && lid != u32::MAX && self.blocks[lid as usize].valid {
                         lid
                     } else {
+                        let generation = self.generation;
                         match self.lookup(c) {
                             Ok(id) => {
-                                if self.blocks[pid as usize].valid {
+                                // A full flush during the lookup renumbers blocks: `pid` is gone.
+                                if generation == self.generation && self.blocks[pid as usize].valid
+                                {
                                     self.blocks[pid as usize].links[slot as usize] = (id, c.epoch);
                                 }
                                 id

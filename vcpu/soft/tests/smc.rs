@@ -55,3 +55,21 @@ fn writes_through_another_mapping_of_the_code_page_invalidate() {
     vm.run_to_hlt();
     assert_eq!((vm.regs().r8, vm.regs().rax), (1, 9));
 }
+
+#[test]
+fn a_full_translation_cache_is_flushed_and_execution_goes_on() {
+    // More distinct blocks than the cache holds (65536): 70000 tiny blocks
+    // chained by jumps; every one must still run.
+    let mut vm = Vm::long64();
+    let n = 70_000u64;
+    let mut code = Vec::with_capacity(n as usize * 6 + 1);
+    for _ in 0..n {
+        code.extend_from_slice(&[0x48, 0xff, 0xc0]); // inc rax
+        code.extend_from_slice(&[0xeb, 0x00]); // jmp +0 (to the next block)
+    }
+    code.push(0xf4);
+    vm.write(CODE, &code);
+    vm.run_to_hlt();
+    assert_eq!(vm.regs().rax, n);
+    assert_eq!(vm.counts(), (2 * n, n));
+}
