@@ -330,6 +330,7 @@ impl SoftVcpu {
                 c.answers.clear();
             }
             let mut delivered = false;
+            let mut yielded = false;
             if let Outcome::Stopped = out {
                 match std::mem::replace(&mut c.stop, Stop::None) {
                     Stop::Exception(v, e) => {
@@ -358,7 +359,7 @@ impl SoftVcpu {
                         self.pending_exit = Some(x.clone());
                         return Ok(x);
                     }
-                    Stop::Yield => {}
+                    Stop::Yield => yielded = true,
                     Stop::Internal(s) => return Err(self.internal(s)),
                     Stop::None => {
                         return Err(self.internal("execution stopped without a reason".into()));
@@ -366,7 +367,9 @@ impl SoftVcpu {
                 }
             }
             let c = &mut self.cpu;
-            if tf && retired && !delivered {
+            // RFLAGS.TF: #DB (a trap) after each retired instruction and after
+            // each iteration of a REP string instruction.
+            if tf && (retired || yielded) && !delivered {
                 c.dr[6] |= 1 << 14;
                 if let Some(x) = self.deliver(1, None, EventKind::Exception)? {
                     return Ok(x);

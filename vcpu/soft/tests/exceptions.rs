@@ -210,3 +210,28 @@ fn iretq_returns_enter_user() {
     assert_eq!(vm.regs().rax, 5);
     assert_eq!(vm.counts().1, 2, "iretq, int3");
 }
+
+#[test]
+fn trap_flag_raises_debug_after_each_instruction_and_rep_iteration() {
+    let mut vm = Vm::long64();
+    // #DB handler: count in r15, IRET (the pushed RFLAGS keeps TF set).
+    vm.asm(HANDLERS, |a| {
+        a.inc(r15).unwrap();
+        a.iretq().unwrap();
+    });
+    vm.gate(1, HANDLERS, 0, 0, false);
+    vm.asm(CODE, |a| {
+        a.mov(rdi, DATA).unwrap();
+        a.mov(ecx, 3).unwrap();
+        a.rep().stosb().unwrap();
+        a.nop().unwrap();
+        a.hlt().unwrap();
+    });
+    let mut r = vm.regs();
+    r.rflags |= 0x100;
+    vm.vcpu.set_regs(&r).unwrap();
+    vm.run_to_hlt();
+    // mov, mov, 3 iterations (the last retires the REP), nop: 6 traps.
+    assert_eq!(vm.regs().r15, 6);
+    assert_eq!(vm.vcpu.special_regs().unwrap().cr0 & 1, 1);
+}
