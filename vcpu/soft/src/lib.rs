@@ -507,6 +507,11 @@ impl Vcpu for SoftVcpu {
 
     fn set_regs(&mut self, regs: &Regs) -> Result<(), VcpuError> {
         let c = &mut self.cpu;
+        if regs.rip != c.rip {
+            // Moving RIP abandons an instruction that was completed but has
+            // not re-executed yet: its answers must not reach another one.
+            c.answers.clear();
+        }
         c.gpr[..16].copy_from_slice(&regs.gprs());
         c.rip = regs.rip;
         c.set_rflags(regs.rflags);

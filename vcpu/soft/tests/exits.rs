@@ -497,3 +497,39 @@ fn halted_vcpu_without_hlt_exiting_waits_for_a_kick() {
     assert_eq!(x.reason, ExitReason::ExternalInterrupt);
     assert_eq!(vm.regs().rip, CODE + 1);
 }
+
+#[test]
+fn idt_in_mmio_is_an_internal_error_not_a_panic() {
+    let mut vm = Vm::long64();
+    let mut s = vm.vcpu.special_regs().unwrap();
+    s.idt = vcpu::DescriptorTable {
+        base: MMIO_LIN,
+        limit: 0xfff,
+    };
+    vm.vcpu.set_special_regs(&s).unwrap();
+    vm.write_u64(PT + 3 * 8, MMIO_GPA | 3);
+    vm.asm(CODE, |a| {
+        a.ud2().unwrap();
+    });
+    match vm.vcpu.run() {
+        Err(VcpuError::Internal { rip, bytes, what }) => {
+            assert_eq!(rip, CODE);
+            assert_eq!(bytes, vec![0x0f, 0x0b], "the instruction's bytes");
+            assert!(what.contains("non-RAM"), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn host_writes_to_code_are_seen_after_host_wrote() {
+    let mut vm = Vm::long64();
+    vm.write(CODE, &[0xb8, 1, 0, 0, 0, 0xf4]); // mov eax, 1; hlt
+    vm.run_to_hlt();
+    assert_eq!(vm.regs().rax, 1);
+    vm.write(CODE, &[0xb8, 2, 0, 0, 0, 0xf4]);
+    vm.vcpu.host_wrote(CODE, 6);
+    vm.set_rip(CODE);
+    vm.run_to_hlt();
+    assert_eq!(vm.regs().rax, 2);
+}
