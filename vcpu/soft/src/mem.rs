@@ -686,7 +686,8 @@ impl Cpu {
             write,
             fetch,
             linear_valid: linear.is_some(),
-            translated_access: true,
+            // Paging-structure accesses carry no linear address.
+            translated_access: linear.is_some(),
         };
         self.stop = Stop::Exit(vcpu::VmExit {
             reason: vcpu::ExitReason::EptViolation,
