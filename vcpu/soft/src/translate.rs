@@ -655,7 +655,7 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             o.target = i.near_branch_target();
             o.br = true;
             place = Place::Last;
-            branch::jcc
+            branch::jcc_handler(o.cc)
         }
         M::Jmp | M::Call => {
             o.br = true;

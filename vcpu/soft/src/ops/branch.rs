@@ -29,6 +29,41 @@ pub fn jcc(c: &mut Cpu, o: &Op) -> Flow {
     Flow::End
 }
 
+/// Jcc rel with the condition code fixed at translation (the condition
+/// evaluation then specialises on it).
+pub fn jcc_cc<const CC: u8>(c: &mut Cpu, o: &Op) -> Flow {
+    if c.cond(CC) {
+        c.rip = o.target;
+        c.link = 0;
+    } else {
+        c.rip = o.next();
+        c.link = 1;
+    }
+    Flow::End
+}
+
+/// The Jcc handler for condition code `cc`.
+pub fn jcc_handler(cc: u8) -> crate::op::Handler {
+    match cc & 15 {
+        0 => jcc_cc::<0>,
+        1 => jcc_cc::<1>,
+        2 => jcc_cc::<2>,
+        3 => jcc_cc::<3>,
+        4 => jcc_cc::<4>,
+        5 => jcc_cc::<5>,
+        6 => jcc_cc::<6>,
+        7 => jcc_cc::<7>,
+        8 => jcc_cc::<8>,
+        9 => jcc_cc::<9>,
+        10 => jcc_cc::<10>,
+        11 => jcc_cc::<11>,
+        12 => jcc_cc::<12>,
+        13 => jcc_cc::<13>,
+        14 => jcc_cc::<14>,
+        _ => jcc_cc::<15>,
+    }
+}
+
 /// JMP rel.
 pub fn jmp(c: &mut Cpu, o: &Op) -> Flow {
     c.rip = o.target;
