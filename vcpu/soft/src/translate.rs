@@ -1293,6 +1293,39 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             }
             sse::movhl
         }
+        M::Pinsrw => {
+            match operand(i, 0) {
+                Opnd::Xmm(d) => o.dst = d,
+                _ => return ud_op(rip, len),
+            }
+            match operand(i, 1) {
+                Opnd::Reg(s, _) => {
+                    o.sk = kind::REG;
+                    o.src = s;
+                }
+                Opnd::Mem(_) => {
+                    o.sk = kind::MEM;
+                    if !mem(&mut o, i, bitness) {
+                        return ud_op(rip, len);
+                    }
+                }
+                _ => return ud_op(rip, len),
+            }
+            o.imm = i.immediate(2);
+            o.cc = 0;
+            sse::pinsrw_pextrw
+        }
+        M::Pextrw => match (operand(i, 0), operand(i, 1)) {
+            (Opnd::Reg(d, sz), Opnd::Xmm(s)) => {
+                o.dst = d;
+                o.sz = sz;
+                o.src = s;
+                o.imm = i.immediate(2);
+                o.cc = 1;
+                sse::pinsrw_pextrw
+            }
+            _ => return ud_op(rip, len),
+        },
         M::Ldmxcsr | M::Stmxcsr => {
             if !mem(&mut o, i, bitness) {
                 return ud_op(rip, len);

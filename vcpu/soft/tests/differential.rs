@@ -688,7 +688,10 @@ impl Gen {
                 },
                 24 | 25 => {
                     let (p, q) = (XMMS[xi % 8], XMMS[yi % 8]);
-                    match rng.random_range(0..14) {
+                    match rng.random_range(0..17) {
+                        14 => a.pinsrw(p, GPRS32[xi], imm as u32 & 0xff).unwrap(),
+                        15 => a.pextrw(GPRS32[xi], p, imm as u32 & 0xff).unwrap(),
+                        16 => a.pinsrw(p, word_ptr(rbp + d), imm as u32 & 0xff).unwrap(),
                         0 => a.movdqu(p, xmmword_ptr(rbp + d)).unwrap(),
                         1 => a.movdqa(p, xmmword_ptr(rbp + d16)).unwrap(),
                         2 => a.movups(xmmword_ptr(rbp + d), p).unwrap(),

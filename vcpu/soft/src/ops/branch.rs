@@ -17,18 +17,6 @@ fn check_target(c: &mut Cpu, v: u64) -> bool {
     c.bitness != 64 || ((v as i64) << 16 >> 16) as u64 == v
 }
 
-/// Jcc rel.
-pub fn jcc(c: &mut Cpu, o: &Op) -> Flow {
-    if c.cond(o.cc) {
-        c.rip = o.target;
-        c.link = 0;
-    } else {
-        c.rip = o.next();
-        c.link = 1;
-    }
-    Flow::End
-}
-
 /// Jcc rel with the condition code fixed at translation (the condition
 /// evaluation then specialises on it).
 pub fn jcc_cc<const CC: u8>(c: &mut Cpu, o: &Op) -> Flow {

@@ -440,3 +440,24 @@ pub fn mxcsr(c: &mut Cpu, o: &Op) -> Flow {
     }
     Flow::Next
 }
+
+/// PINSRW xmm, r32/m16, imm8 (`cc` 0) / PEXTRW r32, xmm, imm8 (`cc` 1).
+pub fn pinsrw_pextrw(c: &mut Cpu, o: &Op) -> Flow {
+    t!(check(c));
+    let lane = (o.imm & 7) as usize;
+    if o.cc == 0 {
+        let v = if o.sk == kind::MEM {
+            let a = c.lin(o);
+            t!(c.rd::<2>(a))
+        } else {
+            c.get(o.src, 2)
+        };
+        let mut l = lanes::<2>(c.xmm[o.dst as usize & 15]);
+        l[lane] = v & 0xffff;
+        c.xmm[o.dst as usize & 15] = unlanes::<2>(l);
+    } else {
+        let l = lanes::<2>(c.xmm[o.src as usize & 15]);
+        c.set(o.dst, o.sz, l[lane]);
+    }
+    Flow::Next
+}
