@@ -181,8 +181,9 @@ pub fn run_soft(w: &Workload) -> Result<Measured, VcpuError> {
             w.name
         )));
     }
-    v.complete(Completion::Retire)?;
+    // Counted before completing: the terminating OUT is not part of the workload.
     let n = v.retired().map(|r| r.instructions).unwrap_or(0);
+    v.complete(Completion::Retire)?;
     if n != w.instructions {
         return Err(VcpuError::Backend(format!(
             "workload {} retired {n} instructions, expected {}",

@@ -12,7 +12,11 @@
 //! **Retired instructions** (Intel event C0H): every instruction that
 //! completes. An instruction that faults does not retire; event delivery
 //! (exceptions, interrupts, NMIs) is not an instruction. An instruction that
-//! exits to the monitor retires when the monitor completes it (once).
+//! exits to the monitor retires when the monitor completes it (once): inside
+//! `complete` for CPUID, HLT, RDTSC(P), RDMSR/WRMSR, RDRAND/RDSEED and
+//! non-string IN/OUT (so RIP, the counters and the end of an STI/MOV SS
+//! shadow are visible before the next `run`, as after a VMM emulated it);
+//! on the next `run` for MMIO accesses and string I/O, which may exit again.
 //! A REP-prefixed string instruction retires **once**, when its last
 //! iteration completes (or at once if the count register is 0). Iterations
 //! interrupted by a fault, an exit, a kick or single-stepping (MTF, TF) leave
@@ -86,6 +90,12 @@ pub struct SoftVcpu {
     br_deadline: u64,
     guest_pmi: bool,
     dead: bool,
+    /// An exit produced while executing a completed instruction inside
+    /// `complete`, returned by the next `run`.
+    stashed_exit: Option<VmExit>,
+    /// MTF: the completed instruction retired inside `complete`; the next
+    /// `run` reports the MTF exit first.
+    pending_mtf: bool,
 }
 
 fn mk_exit(reason: ExitReason, rip: u64, info: ExitInfo) -> VmExit {
@@ -119,6 +129,8 @@ impl SoftVcpu {
             br_deadline: u64::MAX,
             guest_pmi: false,
             dead: false,
+            stashed_exit: None,
+            pending_mtf: false,
         }
     }
 
@@ -234,6 +246,62 @@ impl SoftVcpu {
 
     fn mtf_exit(&self) -> VmExit {
         mk_exit(ExitReason::MonitorTrapFlag, self.cpu.rip, ExitInfo::None)
+    }
+
+    /// Execute the just-completed instruction now, as a VMM that emulates
+    /// it would: it retires (RIP advances, counters count, an STI/MOV SS
+    /// shadow ends) before `complete` returns, so `interruptible` and `inject`
+    /// see the state after it. Only for instructions whose re-execution
+    /// cannot exit again (not MMIO, not string I/O).
+    fn execute_completed(&mut self) -> Result<(), VcpuError> {
+        let c = &mut self.cpu;
+        let tf = c.rf & flags::TF != 0;
+        c.rep_chunk = 1;
+        let before = c.insns;
+        let stop_at = c.insns + 1;
+        let out = self.cache.run(c, stop_at, self.br_deadline);
+        if c.shadow_req {
+            c.shadow_req = false;
+            c.shadow = true;
+            c.shadow_insns = c.insns;
+        }
+        let retired = c.insns > before;
+        c.answers.clear();
+        let mut delivered = false;
+        if let Outcome::Stopped = out {
+            match std::mem::replace(&mut c.stop, Stop::None) {
+                Stop::Exception(v, e) => {
+                    if let Some(x) = self.deliver(v, e, EventKind::Exception)? {
+                        self.stashed_exit = Some(x);
+                        return Ok(());
+                    }
+                    delivered = true;
+                }
+                Stop::Exit(mut x) => {
+                    x.rip = self.cpu.rip;
+                    self.stashed_exit = Some(x);
+                    return Ok(());
+                }
+                Stop::Yield | Stop::None => {}
+                Stop::Internal(s) => return Err(self.internal(s)),
+            }
+        }
+        if tf && retired && !delivered {
+            self.cpu.dr[6] |= 1 << 14;
+            if let Some(x) = self.deliver(1, None, EventKind::Exception)? {
+                self.stashed_exit = Some(x);
+                return Ok(());
+            }
+        }
+        if let Some(t) = self.controls.preemption_timer.as_mut() {
+            *t = t.saturating_sub(self.cpu.insns - before);
+            self.cpu.ctl.preemption_timer = Some(*t);
+        }
+        self.pmu_sync();
+        if self.controls.monitor_trap_flag {
+            self.pending_mtf = true;
+        }
+        Ok(())
     }
 
     fn run_inner(&mut self, timer_at: Option<u64>) -> Result<VmExit, VcpuError> {
@@ -403,12 +471,22 @@ impl Vcpu for SoftVcpu {
         if let Some(e) = &self.pending_exit {
             return Err(VcpuError::ExitNotCompleted(e.reason));
         }
+        if let Some(x) = self.stashed_exit.take() {
+            if x.reason.needs_completion() {
+                self.cpu.answers.rewind();
+                self.pending_exit = Some(x.clone());
+            }
+            return Ok(x);
+        }
         if self.dead {
             return Ok(mk_exit(
                 ExitReason::TripleFault,
                 self.cpu.rip,
                 ExitInfo::None,
             ));
+        }
+        if std::mem::take(&mut self.pending_mtf) {
+            return Ok(self.mtf_exit());
         }
         self.pmu_sync();
         let timer_at = self
@@ -491,6 +569,10 @@ impl Vcpu for SoftVcpu {
             }
         };
         self.cpu.answers.push(answer);
+        let string_io = matches!(&pending.info, ExitInfo::Io { qual, .. } if qual.string);
+        if pending.reason != ExitReason::EptViolation && !string_io {
+            self.execute_completed()?;
+        }
         Ok(())
     }
 

@@ -18,7 +18,10 @@ fn trace(vm: &mut Vm) -> Vec<(u64, u64, u64)> {
                 let after = vm.counts();
                 out.push((rip, after.0 - before.0, after.1 - before.1));
             }
-            ExitReason::Hlt => return out,
+            ExitReason::Hlt => {
+                vm.vcpu.complete(vcpu::Completion::Retire).unwrap();
+                return out;
+            }
             r => panic!("{r:?}"),
         }
     }
@@ -125,7 +128,7 @@ fn faults_and_interrupt_delivery_do_not_count() {
         a.call(rax).unwrap(); // the call retires; the fetch at PAGED faults
     });
     vm.run_to_hlt();
-    assert_eq!(vm.counts(), (2, 1));
+    assert_eq!(vm.counts(), (3, 1), "mov, call, the handler's HLT");
     // A RET whose stack read faults does not retire.
     let mut vm = Vm::long64();
     vm.asm(HANDLERS, |a| {
@@ -138,7 +141,7 @@ fn faults_and_interrupt_delivery_do_not_count() {
         a.ret().unwrap();
     });
     vm.run_to_hlt();
-    assert_eq!(vm.counts(), (1, 0));
+    assert_eq!(vm.counts(), (2, 0), "mov, the handler's HLT");
 }
 
 #[test]
@@ -164,7 +167,11 @@ fn mtf_stepping_and_free_running_agree() {
     let mut stepped = Vm::long64();
     prog(&stepped);
     let t = trace(&mut stepped);
-    assert_eq!(t.len() as u64, free.counts().0);
+    assert_eq!(
+        t.len() as u64 + 1,
+        free.counts().0,
+        "every instruction but the HLT gave an MTF exit"
+    );
     assert_eq!(free.counts(), stepped.counts());
     assert_eq!(free.regs(), stepped.regs());
 }

@@ -138,14 +138,11 @@ impl SoftOracle {
         ctl.preemption_timer = Some(1_000_000);
         self.vcpu.set_controls(ctl).unwrap();
         let code_end = CODE_BASE + block.code.len() as u64;
-        // Every exit ends the block. The OUT that ended it is completed but
-        // not re-run: its queued answer is dropped when the next block's
-        // first instruction retires (blocks never start with I/O).
+        // Every exit ends the block; registers are taken at the exit.
         let x = self.vcpu.run().unwrap();
         let end = match (x.reason, &x.info) {
             (ExitReason::IoInstruction, ExitInfo::Io { qual, .. }) => {
-                self.vcpu.complete(Completion::Retire).unwrap_or(());
-                let rip = self.vcpu.regs().unwrap().rip;
+                let rip = x.rip;
                 if qual.port == END_PORT && rip == code_end {
                     Ring3End::Completed
                 } else if qual.port == FAULT_PORT
@@ -165,6 +162,10 @@ impl SoftOracle {
             other => panic!("soft oracle: unexpected exit {other:?}"),
         };
         let mut regs = self.vcpu.regs().unwrap();
+        if x.reason.needs_completion() {
+            // The next block starts from fresh registers anyway.
+            self.vcpu.complete(Completion::Retire).unwrap_or(());
+        }
         match end {
             Ring3End::Completed => regs.rip = code_end,
             Ring3End::Fault { exception, .. } => {

@@ -145,8 +145,8 @@ fn usr_and_os_filters_follow_the_ring() {
     let v: Vec<u64> = (0..4)
         .map(|i| p.rdmsr(msr::IA32_PMC0 + i).unwrap())
         .collect();
-    // user: 4 nops + syscall; kernel: mov, mov, sysretq, nop.
-    assert_eq!(v, vec![5, 4, 1, 1]);
+    // user: 4 nops + syscall; kernel: mov, mov, sysretq, nop, hlt.
+    assert_eq!(v, vec![5, 5, 1, 1]);
 }
 
 #[test]
@@ -229,14 +229,14 @@ fn guest_bank_counts_its_own_code_and_is_separate_from_the_host_bank() {
     assert_eq!(r.rax, 15, "three more: rdmsr, mov, xor");
     assert_eq!(
         vm.vcpu.msr(msr::IA32_PMC0).unwrap(),
-        16,
-        "guest view after RDPMC retired"
+        17,
+        "guest view after RDPMC and the HLT retired"
     );
     let host = vm.vcpu.host_pmu().unwrap().rdmsr(msr::IA32_PMC0).unwrap();
     assert_eq!(
         host,
-        1000 + 19,
-        "host counts everything: 4 + 10 + 5 (the HLT has not retired)"
+        1000 + 20,
+        "host counts everything: 4 + 10 + 5 and the HLT"
     );
     assert_eq!(vm.vcpu.guest_cpuid_0a()[0], 0x0730_0402);
 }
@@ -261,5 +261,9 @@ fn guest_counter_overflow_with_int_requests_a_guest_pmi() {
     assert!(vm.vcpu.take_guest_pmi());
     assert!(!vm.vcpu.take_guest_pmi());
     assert_eq!(vm.vcpu.msr(msr::IA32_PERF_GLOBAL_STATUS).unwrap(), 1);
-    assert_eq!(vm.vcpu.msr(msr::IA32_PMC0).unwrap(), 15);
+    assert_eq!(
+        vm.vcpu.msr(msr::IA32_PMC0).unwrap(),
+        16,
+        "20 nops and the HLT from WRAP - 5"
+    );
 }

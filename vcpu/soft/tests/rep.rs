@@ -20,7 +20,7 @@ fn zero_count_retires_once_without_touching_memory() {
     vm.run_to_hlt();
     assert_eq!(vm.read_u64(DATA), 0x1111);
     assert_eq!(vm.regs().rdi, DATA);
-    assert_eq!(vm.counts().0, 4);
+    assert_eq!(vm.counts().0, 5, "four instructions and the HLT");
 }
 
 #[test]
@@ -71,8 +71,8 @@ fn page_fault_mid_way_leaves_count_of_remaining_iterations() {
     assert_eq!(ret_rip, CODE + rep_at, "fault RIP is the REP instruction");
     assert_eq!(
         vm.counts().0,
-        3 + 1,
-        "three MOVs, then the handler's POP: the REP did not retire"
+        3 + 2,
+        "three MOVs, then the handler's POP and HLT: the REP did not retire"
     );
 }
 
