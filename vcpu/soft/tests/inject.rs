@@ -177,3 +177,30 @@ fn nmi_is_delivered_and_blocks_further_nmis_until_iret() {
     assert_eq!(vm.regs().rip, CODE + 1);
     vm.vcpu.inject(Event::Nmi).unwrap();
 }
+
+#[test]
+fn sti_hlt_then_inject_after_completing_the_hlt() {
+    // The idle idiom: STI; HLT. The HLT exit is completed (the monitor
+    // "emulated" it), which ends the STI shadow, so the interrupt can be
+    // injected right away and returns after the HLT.
+    let mut vm = Vm::long64();
+    recorder(&vm, HANDLERS);
+    vm.gate(0x20, HANDLERS, 0, 0, false);
+    vm.asm(CODE, |a| {
+        a.sti().unwrap();
+        a.hlt().unwrap();
+        a.nop().unwrap();
+    });
+    let x = vm.vcpu.run().unwrap();
+    assert_eq!((x.reason, x.rip), (ExitReason::Hlt, CODE + 1));
+    assert!(
+        !vm.vcpu.interruptible().unwrap(),
+        "the HLT is in the STI shadow"
+    );
+    vm.vcpu.complete(vcpu::Completion::Retire).unwrap();
+    assert!(vm.vcpu.interruptible().unwrap());
+    assert_eq!(vm.regs().rip, CODE + 2);
+    vm.vcpu.inject(Event::ExternalInterrupt(0x20)).unwrap();
+    vm.run_to_hlt();
+    assert_eq!(vm.read_u64(DATA), CODE + 2, "returns after the HLT");
+}
