@@ -64,6 +64,9 @@ pub struct Block {
     gpage2: Option<u64>,
     /// The ops.
     pub ops: Box<[Op]>,
+    /// The last two ops fused into one (a register flag setter and the
+    /// closing Jcc), used when the whole block runs: `ops[..len-2]` then this.
+    fused: Option<Op>,
     /// Successor links for slot 0 (taken) and 1 (fall-through): (block id, epoch).
     links: [(u32, u32); 2],
     valid: bool,
@@ -134,6 +137,7 @@ impl Cache {
                 if b.valid {
                     b.valid = false;
                     b.ops = Box::new([]);
+                    b.fused = None;
                     if self.map.get(&(b.lin, b.bitness)) == Some(&id) {
                         self.map.remove(&(b.lin, b.bitness));
                     }
@@ -265,11 +269,16 @@ impl Cache {
             c.mark_code_page(g2);
             self.by_page.entry(g2).or_default().push(id);
         }
+        let fused = match ops.as_slice() {
+            [.., first, last] => crate::ops::alu::fuse(first, last),
+            _ => None,
+        };
         self.blocks.push(Block {
             lin: rip,
             bitness: c.bitness,
             gpage,
             gpage2,
+            fused,
             ops: ops.as_slice().into(),
             links: [(u32::MAX, 0); 2],
             valid: true,
@@ -338,8 +347,16 @@ impl Cache {
             };
             let b = &self.blocks[id as usize];
             let left = stop_at.saturating_sub(c.insns);
+            let whole = b.ops.len() as u64 <= left;
             let n = (b.ops.len() as u64).min(left) as usize;
-            let ops = &b.ops[..n];
+            // With a fused tail and the whole block in budget, run the head
+            // ops here and the fused pair below.
+            let fused = if whole { b.fused.as_ref() } else { None };
+            let ops = if fused.is_some() {
+                &b.ops[..n - 2]
+            } else {
+                &b.ops[..n]
+            };
             let mut done = 0usize;
             let mut flow = Flow::Next;
             for o in ops {
@@ -362,6 +379,14 @@ impl Cache {
                         c.last_len = o.len;
                         break;
                     }
+                }
+            }
+            if let Some(f) = fused {
+                if flow == Flow::Next && !c.smc {
+                    // Register-only: it cannot stop, and it ends the block.
+                    flow = (f.h)(c, f);
+                    done += 2;
+                    c.branches += 1;
                 }
             }
             c.insns += done as u64;

@@ -32,6 +32,23 @@ pub mod kind {
     pub const IMM: u8 = 3;
 }
 
+/// Fusion tags: a register-only flag setter directly followed by the Jcc
+/// that ends its block runs as one op (two instructions).
+pub mod fusion {
+    /// Not fusible.
+    pub const NONE: u8 = 0;
+    /// A Jcc.
+    pub const JCC: u8 = 1;
+    /// ALU reg, reg (`cc`-less; the ALU op number is in bits 4..8).
+    pub const ALU_RR: u8 = 2;
+    /// ALU reg, imm.
+    pub const ALU_RI: u8 = 3;
+    /// INC reg.
+    pub const INC: u8 = 4;
+    /// DEC reg.
+    pub const DEC: u8 = 5;
+}
+
 /// One translated instruction.
 #[derive(Clone, Copy)]
 pub struct Op {
@@ -75,8 +92,10 @@ pub struct Op {
     pub br: bool,
     /// REP / REPE (1), REPNE (2) prefix.
     pub rep: u8,
-    /// Raw instruction bytes offset into the block's byte copy (for error reports).
+    /// Unused.
     pub extra: u16,
+    /// Fusion tag (see `fusion`): what this op can fuse with a following Jcc.
+    pub fuse: u8,
 }
 
 impl Op {
@@ -104,6 +123,7 @@ impl Op {
             br: false,
             rep: 0,
             extra: 0,
+            fuse: 0,
         }
     }
 

@@ -215,6 +215,13 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                 (kind::MEM, kind::IMM) => form::MI,
                 _ => return ud_op(rip, len),
             };
+            if o.dst < 16 && (f == form::RR || f == form::RI) && (o.sk != kind::REG || o.src < 16) {
+                o.fuse = (if f == form::RR {
+                    crate::op::fusion::ALU_RR
+                } else {
+                    crate::op::fusion::ALU_RI
+                }) | (op << 4);
+            }
             alu::alu_handler(op, f, o.sz)
         }
         M::Mov => {
@@ -350,6 +357,11 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                 _ => 3,
             };
             if o.dk == kind::REG && o.cc <= 1 && o.dst < 16 {
+                o.fuse = if o.cc == 1 {
+                    crate::op::fusion::DEC
+                } else {
+                    crate::op::fusion::INC
+                };
                 alu::incdec_handler(o.cc == 1, o.sz)
             } else {
                 alu::unary
@@ -655,6 +667,7 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             o.target = i.near_branch_target();
             o.br = true;
             place = Place::Last;
+            o.fuse = crate::op::fusion::JCC;
             branch::jcc_handler(o.cc)
         }
         M::Jmp | M::Call => {

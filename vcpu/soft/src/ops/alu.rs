@@ -181,6 +181,96 @@ pub fn alu_handler(op: u8, f: u8, sz: u8) -> Handler {
     }
 }
 
+/// An ALU op on registers (`F` RR or RI) fused with the Jcc after it: the
+/// op carries the ALU operands and the Jcc's condition, target, RIP and length.
+pub fn fused_alu_jcc<const OP: u8, const F: u8, const SZ: u8>(c: &mut Cpu, o: &Op) -> Flow {
+    let writes = OP != aluop::CMP && OP != aluop::TEST;
+    let a = c.get(o.dst, SZ);
+    let b = if F == form::RR {
+        c.get(o.src, SZ)
+    } else {
+        o.imm & mask(SZ)
+    };
+    let r = compute::<OP, SZ>(c, a, b);
+    if writes {
+        c.set(o.dst, SZ, r);
+    }
+    if c.cond(o.cc) {
+        c.rip = o.target;
+        c.link = 0;
+    } else {
+        c.rip = o.next();
+        c.link = 1;
+    }
+    Flow::End
+}
+
+/// INC/DEC reg fused with the Jcc after it.
+pub fn fused_incdec_jcc<const DEC: bool, const SZ: u8>(c: &mut Cpu, o: &Op) -> Flow {
+    let a = c.get(o.dst, SZ);
+    let cf = c.cf() as u64;
+    let r = if DEC {
+        a.wrapping_sub(1)
+    } else {
+        a.wrapping_add(1)
+    };
+    c.set_lazy(if DEC { fop::DEC } else { fop::INC }, SZ, a, cf, r);
+    c.set(o.dst, SZ, r);
+    if c.cond(o.cc) {
+        c.rip = o.target;
+        c.link = 0;
+    } else {
+        c.rip = o.next();
+        c.link = 1;
+    }
+    Flow::End
+}
+
+/// The fused op for `first` (a fusible flag setter) and `jcc`, if they fuse.
+pub fn fuse(first: &Op, jcc: &Op) -> Option<Op> {
+    use crate::op::fusion;
+    if jcc.fuse != fusion::JCC {
+        return None;
+    }
+    let h: Handler = match first.fuse & 15 {
+        fusion::ALU_RR | fusion::ALU_RI => {
+            let rr = first.fuse & 15 == fusion::ALU_RR;
+            macro_rules! forms {
+                ($o:expr) => {
+                    if rr {
+                        sized!(fused_alu_jcc, first.sz, $o, 0)
+                    } else {
+                        sized!(fused_alu_jcc, first.sz, $o, 1)
+                    }
+                };
+            }
+            match first.fuse >> 4 {
+                0 => forms!(0),
+                1 => forms!(1),
+                2 => forms!(2),
+                3 => forms!(3),
+                4 => forms!(4),
+                5 => forms!(5),
+                6 => forms!(6),
+                7 => forms!(7),
+                _ => forms!(8),
+            }
+        }
+        fusion::INC => sized!(fused_incdec_jcc, first.sz, false),
+        fusion::DEC => sized!(fused_incdec_jcc, first.sz, true),
+        _ => return None,
+    };
+    let mut f = *first;
+    f.h = h;
+    f.cc = jcc.cc;
+    f.target = jcc.target;
+    f.rip = jcc.rip;
+    f.len = jcc.len;
+    f.br = true;
+    f.fuse = fusion::NONE;
+    Some(f)
+}
+
 /// MOV in one form and size.
 pub fn mov<const F: u8, const SZ: u8>(c: &mut Cpu, o: &Op) -> Flow {
     match F {
