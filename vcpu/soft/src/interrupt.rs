@@ -4,7 +4,7 @@
 
 use vcpu::Segment;
 
-use crate::cpu::{CS, Cpu, R, SS, Stop, Stopped};
+use crate::cpu::{CS, Cpu, R, SS, Stop};
 use crate::flags;
 
 /// What is being delivered.
@@ -311,6 +311,3 @@ pub fn deliver_once(
     c.halted = false;
     Ok(())
 }
-
-/// Marker to keep `Stopped` in scope for readers of the signatures above.
-pub type DeliveryResult = Result<(), Stopped>;

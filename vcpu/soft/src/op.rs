@@ -92,8 +92,6 @@ pub struct Op {
     pub br: bool,
     /// REP / REPE (1), REPNE (2) prefix.
     pub rep: u8,
-    /// Unused.
-    pub extra: u16,
     /// Fusion tag (see `fusion`): what this op can fuse with a following Jcc.
     pub fuse: u8,
 }
@@ -122,7 +120,6 @@ impl Op {
             sk: 0,
             br: false,
             rep: 0,
-            extra: 0,
             fuse: 0,
         }
     }

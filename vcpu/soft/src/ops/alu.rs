@@ -914,9 +914,3 @@ pub fn ud(c: &mut Cpu, _o: &Op) -> Flow {
     c.ud();
     Flow::Stop
 }
-
-/// The parity/AF helpers are used by tests.
-#[cfg(test)]
-pub(crate) fn _unused() -> u64 {
-    PF | AF
-}

@@ -1163,6 +1163,3 @@ pub fn ud2(c: &mut Cpu, _o: &Op) -> Flow {
     c.ud();
     Flow::Stop
 }
-
-/// The index of `DS` for translators (kept here to keep segment constants together).
-pub const DEFAULT_DATA_SEG: usize = DS;
