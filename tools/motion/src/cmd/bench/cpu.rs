@@ -72,9 +72,38 @@ pub fn run(a: CpuArgs) -> anyhow::Result<ExitCode> {
         }
         Err(why) => println!("native KVM  loop-heavy   unavailable: {why}"),
     }
-    println!(
-        "reference   QEMU 7.2 TCG with icount does about 360 MIPS on this machine (not measured in this run)"
+    let tcg = crate::cmd::bench::tcg::tcg_mips(
+        |n| {
+            let w = loop_workload(n);
+            (w.code, w.instructions)
+        },
+        a.loop_iters.saturating_mul(2),
+        0x20_0000,
+        0x20_0000,
     );
+    match &tcg {
+        Ok(q) => println!(
+            "QEMU TCG    loop-heavy   {q:8.1} MIPS  (QEMU 7.2 JIT with -icount, same code; soft/QEMU {:.2})",
+            soft_loop / q
+        ),
+        Err(why) => println!("QEMU TCG    loop-heavy   unavailable: {why}"),
+    }
+    let tcg_mem = crate::cmd::bench::tcg::tcg_mips(
+        |n| {
+            let w = mem_workload(n);
+            (w.code, w.instructions)
+        },
+        a.mem_passes.saturating_mul(8).max(1),
+        0x20_0000 + mw.data_offsets.0,
+        0x20_0000 + mw.data_offsets.1,
+    );
+    match &tcg_mem {
+        Ok(q) => println!(
+            "QEMU TCG    memory-heavy {q:8.1} MIPS  (soft/QEMU {:.2})",
+            soft_mem / q
+        ),
+        Err(why) => println!("QEMU TCG    memory-heavy unavailable: {why}"),
+    }
     if a.json {
         let (native_v, reason) = match &nat {
             Ok(n) => (serde_json::json!(n), serde_json::Value::Null),
@@ -85,6 +114,9 @@ pub fn run(a: CpuArgs) -> anyhow::Result<ExitCode> {
             "soft_mips_mem": soft_mem,
             "native_mips_loop": native_v,
             "native_unavailable_reason": reason,
+            "qemu_tcg_icount_mips_loop": tcg.as_ref().ok(),
+            "qemu_tcg_icount_mips_mem": tcg_mem.as_ref().ok(),
+            "qemu_unavailable_reason": tcg.as_ref().err(),
             "ratio_soft_to_native_loop": nat.as_ref().ok().map(|n| soft_loop / n),
             "loop_instructions": lw.instructions,
             "mem_instructions": mw.instructions,

@@ -2,6 +2,7 @@
 //! from the same run.
 
 pub mod cpu;
+pub mod tcg;
 
 use std::process::ExitCode;
 
