@@ -22,9 +22,12 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
-    /// Benchmarks (each figure beside its baseline from the same run).
+    /// Benchmarks, each printed beside its baseline.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
+    /// Look into a recording's log.
+    #[command(subcommand)]
+    Log(cmd::log::LogCmd),
     /// The system description (system.toml).
     #[command(subcommand)]
     System(cmd::system::SystemCmd),
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Version => cmd::version::run(),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Log(c) => cmd::log::run(c),
         Command::System(c) => cmd::system::run(c),
         Command::Doctor { json } => cmd::doctor::run(json),
     };

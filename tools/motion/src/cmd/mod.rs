@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod log;
 pub mod system;
 pub mod version;
