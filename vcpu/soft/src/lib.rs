@@ -800,4 +800,8 @@ impl Vcpu for SoftVcpu {
         self.host.dirty = true;
         Some(&mut self.host)
     }
+
+    fn host_wrote_memory(&mut self, gpa: u64, len: u64) {
+        self.host_wrote(gpa, len);
+    }
 }

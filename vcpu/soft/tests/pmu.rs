@@ -267,3 +267,17 @@ fn guest_counter_overflow_with_int_requests_a_guest_pmi() {
         "20 nops and the HLT from WRAP - 5"
     );
 }
+
+/// The CPU model every backend presents (`CpuidPolicy::baseline`) must
+/// describe exactly the PMU the soft vCPU implements.
+#[test]
+fn baseline_cpuid_leaf_0a_matches_the_virtual_pmu() {
+    let mem =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)])
+            .expect("guest memory");
+    let vcpu = vcpu_soft::SoftVcpu::new(mem);
+    assert_eq!(
+        vcpu::CpuidPolicy::baseline().lookup(0xA, 0),
+        vcpu.guest_cpuid_0a()
+    );
+}
