@@ -1,5 +1,5 @@
 //! Helpers shared by guests_qemu.rs and hostile_guests.rs (included with
-//! `#[path]`): running `motion run` and telling a missing backend apart.
+//! `#[path]`): building and running `motion run`.
 
 #![allow(dead_code)]
 
@@ -35,18 +35,4 @@ pub fn motion_run(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run motion")
-}
-
-/// The message `motion run` gives when a backend is not built in.
-pub const NOT_BUILT: &str = "is not part of this build yet";
-
-/// Whether `backend` can run guests in this build; prints why not.
-pub fn backend_available(backend: &str) -> bool {
-    let out = motion_run(&["--guest", "hello", "--backend", backend]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains(NOT_BUILT) {
-        println!("skipped: the {backend} backend has not landed on this branch ({err})");
-        return false;
-    }
-    true
 }

@@ -249,7 +249,7 @@ mod common;
 /// QEMU and `motion run` (default backend) print the same serial output and
 /// end with the same status for a deterministic guest.
 fn compare(guest: &str, qemu_extra: &[&str], motion_extra: &[&str]) {
-    if !qemu_available() || !common::backend_available("soft") {
+    if !qemu_available() {
         return;
     }
     let (qemu_out, qemu_code) = boot(guest, qemu_extra, None);
@@ -292,9 +292,6 @@ fn qemu_and_motion_agree_on_disk() {
 /// under `motion run` differ (the non-determinism a recorder must capture).
 #[test]
 fn timer_output_differs_between_live_runs() {
-    if !common::backend_available("soft") {
-        return;
-    }
     let runs: Vec<String> = (0..2)
         .map(|_| {
             let out = common::motion_run(&["--guest", "timer"]);
@@ -313,9 +310,6 @@ fn timer_output_differs_between_live_runs() {
 /// `motion run` feeds `--input` to the UART: serial-echo answers each line.
 #[test]
 fn motion_runs_serial_echo_with_input() {
-    if !common::backend_available("soft") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
     std::fs::write(&input, "Hello, World\nabc xyz\nquit\n").unwrap();
@@ -330,9 +324,6 @@ fn motion_runs_serial_echo_with_input() {
 /// come, and the monitor says so instead of hanging.
 #[test]
 fn motion_stops_a_guest_waiting_for_input_that_ended() {
-    if !common::backend_available("soft") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
     std::fs::write(&input, "no terminator\n").unwrap();
@@ -384,9 +375,6 @@ fn motion_run_refuses_bad_guests_clearly() {
 /// lost or doubled around interrupt delivery).
 #[test]
 fn motion_serial_echo_is_exact_over_many_interrupts() {
-    if !common::backend_available("soft") {
-        return;
-    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0xec40);
     let lines: Vec<String> = (0..100)
         .map(|_| {

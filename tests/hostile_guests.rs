@@ -222,9 +222,6 @@ fn run_hostile_on(backend: &str, name: &str, elf: &[u8]) -> String {
 
 #[test]
 fn random_port_pokers_stop_cleanly() {
-    if !common::backend_available("soft") {
-        return;
-    }
     for seed in [1u32, 0xdead_beef, 42] {
         let r = run_hostile(&format!("ports-{seed:x}"), &pvh_elf(&port_poker(seed)));
         println!("port poker {seed:#x}: {r}");
@@ -233,9 +230,6 @@ fn random_port_pokers_stop_cleanly() {
 
 #[test]
 fn random_mmio_pokers_stop_cleanly() {
-    if !common::backend_available("soft") {
-        return;
-    }
     for seed in [7u32, 0x1234_5678] {
         let r = run_hostile(&format!("mmio-{seed:x}"), &pvh_elf(&mmio_poker(seed)));
         assert_eq!(r, "time limit", "MMIO pokes run until stopped");
@@ -244,9 +238,6 @@ fn random_mmio_pokers_stop_cleanly() {
 
 #[test]
 fn random_code_stops_cleanly() {
-    if !common::backend_available("soft") {
-        return;
-    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0xbad_c0de);
     let mut reasons = std::collections::BTreeMap::new();
     for i in 0..12 {
@@ -259,9 +250,6 @@ fn random_code_stops_cleanly() {
 
 #[test]
 fn fault_loops_stop_cleanly() {
-    if !common::backend_available("soft") {
-        return;
-    }
     // ud2; an int3 loop; divide by zero; a #GP from loading a bad selector.
     let faults: [&[u8]; 4] = [
         &[0x0f, 0x0b],

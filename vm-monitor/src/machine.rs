@@ -296,6 +296,8 @@ impl Machine {
         controls: ExecControls,
     ) -> Result<(), MachineError> {
         let (regs, sregs) = self.boot_state();
+        // The loader wrote RAM behind the vCPU's back.
+        vcpu.host_wrote_memory(0, self.ram);
         vcpu.set_special_regs(&sregs)?;
         vcpu.set_regs(&regs)?;
         vcpu.set_fpu(&vcpu::FpuState::default())?;
@@ -351,11 +353,12 @@ impl Machine {
                 Some(AsyncInput::DmaWrite { gpa, data }) => {
                     // A device writing outside RAM: the bytes go nowhere (as
                     // on a bus with no target), the run continues.
-                    if let Err(e) = self.mem.write_slice(&data, GuestAddress(gpa)) {
-                        tracing::warn!(
+                    match self.mem.write_slice(&data, GuestAddress(gpa)) {
+                        Ok(()) => vcpu.host_wrote_memory(gpa, data.len() as u64),
+                        Err(e) => tracing::warn!(
                             "DMA write of {} bytes at {gpa:#x} dropped: {e}",
                             data.len()
-                        );
+                        ),
                     }
                 }
                 Some(AsyncInput::Interrupt(vector)) => {

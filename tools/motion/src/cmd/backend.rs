@@ -15,7 +15,11 @@ pub fn with_vcpu<T>(
     f: impl FnOnce(&mut dyn Vcpu, ExecControls) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     match backend {
-        Backend::Soft => anyhow::bail!("the soft backend is not part of this build yet"),
+        Backend::Soft => {
+            let mut v = vcpu_soft::SoftVcpu::new(machine.memory().clone());
+            let controls = v.default_controls();
+            f(&mut v, controls)
+        }
         Backend::Kvm => {
             let vm = vcpu_kvm::KvmVm::new(machine.memory().clone()).context("the kvm backend")?;
             let mut v = vm
