@@ -1,0 +1,143 @@
+//! Record a bundled guest live and replay its records in this process, on
+//! the soft vCPU: same serial output, every check and digest matching.
+
+use std::sync::{Arc, Mutex};
+
+use motion_records::Record;
+use vcpu::{CounterMode, Vcpu};
+use vcpu_soft::SoftVcpu;
+use vm_monitor::record::{RecordOptions, RecordingEnv};
+use vm_monitor::replay::{ReplayEnd, ReplayEnv, ReplayOptions, VecSource};
+use vm_monitor::{InputFeed, LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits};
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn record(guest: &str, input: Option<&[u8]>, digest_every: u64) -> (Vec<Record>, Vec<u8>) {
+    let elf = guest_images::bytes(guest).unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = SoftVcpu::new(machine.memory().clone());
+    let controls = vcpu.default_controls();
+    machine.reset_vcpu(&mut vcpu, controls).unwrap();
+    let out = Shared::default();
+    let mut live = LiveEnvironment::new(
+        machine.memory().clone(),
+        LiveConfig {
+            serial_out: Box::new(out.clone()),
+            input: input.map(InputFeed::from_bytes),
+            disk: None,
+        },
+    );
+    live.keep_serial_arrivals();
+    let mut env = RecordingEnv::new(
+        live,
+        Vec::new(),
+        machine.memory().clone(),
+        machine.ram_size(),
+        RecordOptions {
+            digest_every,
+            vcpu_index: 0,
+        },
+    );
+    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
+    let (_, records) = env.finish(&vcpu, &result).unwrap();
+    result.unwrap();
+    let bytes = out.0.lock().unwrap().clone();
+    (records, bytes)
+}
+
+fn replay(guest: &str, records: Vec<Record>, skid: u64) -> (ReplayEnd, Vec<u8>) {
+    let elf = guest_images::bytes(guest).unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = SoftVcpu::new(machine.memory().clone());
+    vcpu.set_host_pmi_skid(skid);
+    let controls = vcpu.default_controls();
+    machine.reset_vcpu(&mut vcpu, controls).unwrap();
+    let out = Shared::default();
+    let mut env = ReplayEnv::new(
+        VecSource::new(records),
+        machine.memory().clone(),
+        machine.ram_size(),
+        ReplayOptions {
+            vcpu_index: 0,
+            mode: CounterMode::Exact,
+            margin: skid,
+        },
+        Box::new(out.clone()),
+    );
+    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
+    let end = env.finish(&vcpu, result).unwrap();
+    let bytes = out.0.lock().unwrap().clone();
+    (end, bytes)
+}
+
+#[test]
+fn timer_replays_exactly() {
+    let (records, out) = record("timer", None, 200);
+    let interrupts = records
+        .iter()
+        .filter(|r| matches!(r, Record::Interrupt(_)))
+        .count();
+    assert!(interrupts >= 25, "{interrupts} interrupts");
+    let (end, replayed) = replay("timer", records.clone(), 0);
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&replayed),
+        String::from_utf8_lossy(&out)
+    );
+    let (end, replayed) = replay("timer", records, 64);
+    assert!(
+        matches!(end, ReplayEnd::Verified { .. }),
+        "skid 64: {end:?}"
+    );
+    assert_eq!(replayed, out);
+}
+
+#[test]
+fn serial_echo_replays_exactly() {
+    let (records, out) = record("serial-echo", Some(b"hello\nworld\nquit\n"), 50);
+    let (end, replayed) = replay("serial-echo", records, 0);
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+    assert_eq!(replayed, out);
+}
+
+#[test]
+fn altered_records_diverge_at_or_right_after_them() {
+    let (records, _) = record("timer", None, 200);
+    let mut tried = 0;
+    for (i, r) in records.iter().enumerate() {
+        let mut bad = r.clone();
+        match &mut bad {
+            Record::PortIn(p) => p.value ^= 1,
+            Record::Interrupt(x) if i % 3 == 0 => x.at.branches -= 1,
+            Record::Interrupt(x) => x.vector ^= 1,
+            _ => continue,
+        }
+        tried += 1;
+        if tried > 12 {
+            break;
+        }
+        let mut log = records.clone();
+        log[i] = bad;
+        let (end, _) = replay("timer", log, 0);
+        match end {
+            ReplayEnd::Diverged(d) => assert!(
+                d.record >= i as u64 && d.record <= i as u64 + 3,
+                "record {i} altered, divergence at {}: {}",
+                d.record,
+                d.what
+            ),
+            other => panic!("record {i} ({r:?}) altered, replay ended {other:?}"),
+        }
+    }
+}
