@@ -363,6 +363,7 @@ fn mem_log(mut ctx: ComponentContext) -> ComponentResult {
                         guest_image_hash: [0; 32],
                         disk_image_hash: None,
                         cpuid_policy: "none".into(),
+                        machine: Box::new(log_store::sample::machine()),
                     })),
                     Request::Read { from, .. } if from > len => {
                         Err(LogReadError::OutOfRange { from, records: len })

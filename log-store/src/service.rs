@@ -381,6 +381,7 @@ impl ReadSession {
                     guest_image_hash: m.guest_image,
                     disk_image_hash: m.disk_image,
                     cpuid_policy: cpuid_policy_id(&m.cpuid),
+                    machine: Box::new(m.clone()),
                 }))
             }
             read::Request::Read { from, max_records } => {

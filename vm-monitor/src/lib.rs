@@ -23,6 +23,7 @@
 //! * [`loader`]: the PVH ELF loader and `hvm_start_info`.
 //! * [`fuzzing`]: entry points the fuzz targets and seeded tests share.
 
+pub mod component;
 pub mod devices;
 pub mod digest;
 pub mod env;

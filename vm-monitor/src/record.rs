@@ -23,7 +23,7 @@
 //! store. Only DMA data is copied; every other record is built on the stack.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use motion_records::{
@@ -84,10 +84,12 @@ impl Default for RecordOptions {
     }
 }
 
-/// Default digest interval in inputs: with a digest costing about 2 ms
-/// (scanning 128 MiB of guest memory) this keeps digests a few percent of a
-/// recording even for exit-heavy guests.
-pub const DEFAULT_DIGEST_EVERY: u64 = 2000;
+/// Default digest interval in inputs. A digest costs about 2 ms (a scan of
+/// 128 MiB of guest memory, hashing only the pages that are not zero), an
+/// input a few microseconds at most; every input is also followed by a
+/// state check at its exit, so digests are for memory, and one per 500
+/// inputs keeps them to a few percent of even an exit-heavy recording.
+pub const DEFAULT_DIGEST_EVERY: u64 = 500;
 
 /// What a recording wrote, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,6 +116,7 @@ pub struct RecordingEnv<E, S> {
     stop: Arc<AtomicBool>,
     arrivals: Vec<u8>,
     stats: RecordStats,
+    instructions: Arc<AtomicU64>,
 }
 
 impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
@@ -134,7 +137,14 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
             stop: Arc::new(AtomicBool::new(false)),
             arrivals: Vec::new(),
             stats: RecordStats::default(),
+            instructions: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Guest instructions retired at the last completed exit, readable from
+    /// other threads (progress displays).
+    pub fn instructions(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.instructions)
     }
 
     /// Set this flag (then kick the vCPU) to stop the recording at the next
@@ -183,12 +193,13 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
     }
 
     /// End the recording after `machine.run` returned `result`: a final
-    /// digest and the `end` record. Returns the inner environment and the sink.
+    /// digest and the `end` record. Returns the inner environment, the sink
+    /// and the final counts.
     pub fn finish(
         mut self,
         vcpu: &dyn Vcpu,
         result: &Result<RunOutcome, MachineError>,
-    ) -> Result<(E, S), EnvError> {
+    ) -> Result<(E, S, RecordStats), EnvError> {
         self.flush_arrivals()?;
         let status = end_status(result);
         let at = digest::point(vcpu, self.opts.vcpu_index)?;
@@ -200,7 +211,7 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
             }
             .into(),
         )?;
-        Ok((self.inner, self.sink))
+        Ok((self.inner, self.sink, self.stats))
     }
 
     fn flush_arrivals(&mut self) -> Result<(), EnvError> {
@@ -353,6 +364,9 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
 
     fn exit_completed(&mut self, vcpu: &mut dyn Vcpu, retired: bool) -> Result<(), EnvError> {
         self.inner.exit_completed(vcpu, retired)?;
+        if let Some(r) = vcpu.retired() {
+            self.instructions.store(r.instructions, Ordering::Relaxed);
+        }
         self.flush_arrivals()?;
         if !retired {
             return Ok(());

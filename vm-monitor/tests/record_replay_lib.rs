@@ -50,7 +50,7 @@ fn record(guest: &str, input: Option<&[u8]>, digest_every: u64) -> (Vec<Record>,
         },
     );
     let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
-    let (_, records) = env.finish(&vcpu, &result).unwrap();
+    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
     result.unwrap();
     let bytes = out.0.lock().unwrap().clone();
     (records, bytes)

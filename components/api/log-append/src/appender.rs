@@ -146,6 +146,23 @@ impl Appender {
         Ok(())
     }
 
+    /// Take the acknowledgements that have already arrived, without waiting
+    /// (a producer that wants its durable count to move between batches).
+    pub fn collect_ready(&mut self) -> Result<Ack, AppendError> {
+        while self.client.in_flight() > 0 {
+            match self.client.recv_timeout(std::time::Duration::ZERO) {
+                Ok((_, reply)) => {
+                    let ack = reply?.ack();
+                    self.ack.accepted = self.ack.accepted.max(ack.accepted);
+                    self.ack.durable = self.ack.durable.max(ack.durable);
+                }
+                Err(IpcError::Timeout { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.ack)
+    }
+
     /// Send what is pending, collect every acknowledgement, then ask the
     /// store to make everything durable. Returns the final acknowledgement.
     pub fn flush(&mut self) -> Result<Ack, AppendError> {
