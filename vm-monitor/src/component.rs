@@ -69,6 +69,7 @@ struct Shared {
     checks: AtomicU64,
     digests: AtomicU64,
     landings: AtomicU64,
+    session_ns: AtomicU64,
     last_digest: Mutex<Option<(u64, Hash32)>>,
     output: Mutex<Vec<u8>>,
     outcome: Mutex<Option<Outcome>>,
@@ -140,6 +141,7 @@ impl Shared {
             digests: self.digests.load(Ordering::Relaxed),
             last_digest: *self.last_digest.lock().unwrap_or_else(|p| p.into_inner()),
             landings: self.landings.load(Ordering::Relaxed),
+            session_ns: self.session_ns.load(Ordering::Relaxed),
             output,
         }
     }
@@ -233,6 +235,8 @@ struct Session {
     pending: Option<Box<dyn FnOnce() + Send>>,
     /// Records fed so far (replay).
     fed: u64,
+    /// The last records have been fed (replay).
+    fed_all: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -500,6 +504,7 @@ fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<Reply> {
         feed: None,
         pending: None,
         fed: 0,
+        fed_all: false,
         thread: Some(thread),
     });
     Ok(Reply::Recording(Box::new(info)))
@@ -516,6 +521,7 @@ fn record_session(
     rx: Receiver<Record>,
     shared: &Arc<Shared>,
 ) -> Outcome {
+    let start = Instant::now();
     let sh = Arc::clone(shared);
     let log = std::thread::Builder::new()
         .name("log".into())
@@ -538,6 +544,9 @@ fn record_session(
     let sealed = log
         .join()
         .unwrap_or_else(|_| Err("the log thread panicked".into()));
+    shared
+        .session_ns
+        .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     match (finished, sealed) {
         (Ok(()), Ok(())) => Outcome::Recorded { end },
         (_, Err(e)) => Outcome::Failed(format!("log store: {e}")),
@@ -667,6 +676,7 @@ fn load_replay(g: &mut Monitor, load: &ReplayLoad) -> VmResult<Reply> {
         feed: Some(tx),
         pending: Some(Box::new(start)),
         fed: 0,
+        fed_all: false,
         thread: None,
     });
     Ok(Reply::Loaded(loaded))
@@ -679,8 +689,12 @@ fn replay_session(
     shared: &Shared,
 ) -> Outcome {
     let progress = env.progress();
+    let start = Instant::now();
     let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
     let end = env.finish(&vcpu, result);
+    shared
+        .session_ns
+        .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let stats = env.stats();
     shared
         .records
@@ -735,10 +749,11 @@ fn feed_replay(m: &Mutex<Monitor>, feed: Feed) -> VmResult<Reply> {
             if !records.is_empty() {
                 let _ = tx.send(FeedMsg::Records(records));
             }
-            if feed.end_of_log {
+            if feed.end_of_log && !s.fed_all {
                 let _ = tx.send(FeedMsg::End);
             }
         }
+        s.fed_all |= feed.end_of_log;
         if let Some(start) = s.pending.take() {
             let t = std::thread::Builder::new()
                 .name("replay".into())
@@ -748,15 +763,15 @@ fn feed_replay(m: &Mutex<Monitor>, feed: Feed) -> VmResult<Reply> {
                 })?;
             s.thread = Some(t);
         }
-        (Arc::clone(&s.shared), s.fed)
+        (Arc::clone(&s.shared), (!s.fed_all).then_some(s.fed))
     };
-    // Answer when the replay has used most of what it was given, has
-    // stopped, or the caller's patience runs out.
+    // Answer when the replay has used most of what it was given (and more
+    // can come), has stopped, or the caller's patience runs out.
     let deadline = Instant::now() + Duration::from_millis(u64::from(feed.wait_ms));
     let mut generation = shared.changed.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let consumed = shared.records();
-        if shared.finished() || consumed + LOW_WATER >= target {
+        let wants_more = target.is_some_and(|t| shared.records() + LOW_WATER >= t);
+        if shared.finished() || wants_more {
             break;
         }
         let now = Instant::now();

@@ -141,3 +141,17 @@ fn altered_records_diverge_at_or_right_after_them() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn timing_compute() {
+    let t = std::time::Instant::now();
+    let (records, out) = record("compute", None, 500);
+    let tr = t.elapsed();
+    let t = std::time::Instant::now();
+    let (end, replayed) = replay("compute", records.clone(), 0);
+    let tp = t.elapsed();
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+    assert_eq!(replayed, out);
+    eprintln!("record {tr:?} replay {tp:?} records {}", records.len());
+}

@@ -275,6 +275,7 @@ fn drive(
             s.digests = status.digests;
             s.landings = status.landings;
             s.last_digest = status.last_digest;
+            s.session_ns = status.session_ns;
         }
         if let Some(SessionState::Finished(outcome)) = status.state {
             // The monitor compared the digests; check its last word against

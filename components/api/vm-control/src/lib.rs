@@ -244,6 +244,9 @@ pub struct Status {
     pub last_digest: Option<(u64, Hash32)>,
     /// Asynchronous events landed (replay).
     pub landings: u64,
+    /// Wall time of the finished session, measured where it ran: from the
+    /// machine's start to the sealed log (recording) or the verdict (replay).
+    pub session_ns: u64,
     /// The guest's serial output since the previous status.
     pub output: Vec<u8>,
 }
