@@ -40,7 +40,11 @@ fn recordings_replay_exactly(name: &'static str, expect_differ: bool) {
             rec.stderr,
             rec.text
         );
-        assert_eq!(rec.json["recorded"], true, "{name} recording {i}: {}", rec.json);
+        assert_eq!(
+            rec.json["recorded"], true,
+            "{name} recording {i}: {}",
+            rec.json
+        );
         let (_, records) = read_log(&log);
         assert_eq!(
             rec.json["records"].as_u64(),
@@ -55,7 +59,11 @@ fn recordings_replay_exactly(name: &'static str, expect_differ: bool) {
             rep.stderr,
             rep.text
         );
-        assert_eq!(rep.json["verified"], true, "{name} replay {i}: {}", rep.json);
+        assert_eq!(
+            rep.json["verified"], true,
+            "{name} replay {i}: {}",
+            rep.json
+        );
         assert_eq!(
             rep.json["records"].as_u64(),
             Some(records.len() as u64),

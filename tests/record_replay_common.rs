@@ -165,10 +165,7 @@ pub fn replay_output(r: &Run) -> String {
 /// A log's machine description and records.
 pub fn read_log(path: &Path) -> (MachineInfo, Vec<Record>) {
     let r = LogReader::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let records = r
-        .records()
-        .map(|x| x.expect("readable record").1)
-        .collect();
+    let records = r.records().map(|x| x.expect("readable record").1).collect();
     (r.machine().clone(), records)
 }
 

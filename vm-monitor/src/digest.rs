@@ -15,7 +15,7 @@
 //!   counts, cheap enough to write after every exit that consumed inputs.
 
 use vcpu::{Regs, RetiredCounts, Timepoint, Vcpu, VcpuError};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use motion_records::{Digest, PageHashes};
 
@@ -170,9 +170,44 @@ pub fn point(vcpu: &dyn Vcpu, index: u32) -> Result<Timepoint, VcpuError> {
     })
 }
 
-/// The state-check hash of registers and retired counts (see
-/// `motion_records::StateCheck`).
-pub fn state_hash(regs: &Regs, retired: Option<RetiredCounts>) -> u64 {
+/// Pages written by DMA since the last state check: the check covers their
+/// contents as well as the registers, so a wrong DMA record is noticed at
+/// the next check even when the guest only looks at the data later (or
+/// the next DMA write covers it up).
+#[derive(Debug, Clone, Default)]
+pub struct DmaPages(Vec<u64>);
+
+impl DmaPages {
+    /// Note a DMA write of `len` bytes at `gpa`.
+    pub fn note(&mut self, gpa: u64, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let first = gpa / PAGE as u64;
+        let last = gpa.saturating_add(len as u64 - 1) / PAGE as u64;
+        self.0.extend(first..=last);
+    }
+
+    /// The pages noted since the last call, ascending, each once.
+    pub fn take(&mut self) -> Vec<u64> {
+        let mut v = std::mem::take(&mut self.0);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// The state-check hash (see `motion_records::StateCheck`): the first 8
+/// bytes (LE) of BLAKE3 over the registers (the [`Regs`] fields in
+/// declaration order, u64 LE each), the retired instruction and branch
+/// counts (u64 LE, 0 where not counted), then for each page in `dma_pages`
+/// (ascending) its number (u64 LE) and its 4 KiB of contents now.
+pub fn state_hash(
+    regs: &Regs,
+    retired: Option<RetiredCounts>,
+    mem: &GuestMemoryMmap,
+    dma_pages: &[u64],
+) -> u64 {
     let r = retired.unwrap_or_default();
     let fields = [
         regs.rax,
@@ -200,9 +235,21 @@ pub fn state_hash(regs: &Regs, retired: Option<RetiredCounts>) -> u64 {
     for (chunk, v) in bytes.chunks_exact_mut(8).zip(fields) {
         chunk.copy_from_slice(&v.to_le_bytes());
     }
-    let h = blake3::hash(&bytes);
+    let mut h = blake3::Hasher::new();
+    h.update(&bytes);
+    let mut page = [0u8; PAGE];
+    for &p in dma_pages {
+        // Pages outside RAM hold nothing (the machine dropped such writes).
+        if mem
+            .read_slice(&mut page, vm_memory::GuestAddress(p * PAGE as u64))
+            .is_ok()
+        {
+            h.update(&p.to_le_bytes());
+            h.update(&page);
+        }
+    }
     let mut first = [0u8; 8];
-    first.copy_from_slice(&h.as_bytes()[..8]);
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
     u64::from_le_bytes(first)
 }
 
@@ -287,7 +334,9 @@ mod tests {
     }
 
     #[test]
-    fn the_state_hash_covers_every_register_and_both_counts() {
+    fn the_state_hash_covers_every_register_both_counts_and_dma_pages() {
+        let m = mem(4);
+        let state_hash = |r: &Regs, c| super::state_hash(r, c, &m, &[]);
         let base = Regs::default();
         let h0 = state_hash(&base, None);
         let mut seen = std::collections::HashSet::from([h0]);
@@ -312,5 +361,21 @@ mod tests {
         };
         assert!(seen.insert(state_hash(&base, c(1, 0))));
         assert!(seen.insert(state_hash(&base, c(0, 1))));
+        let with_page = super::state_hash(&base, None, &m, &[2]);
+        assert!(seen.insert(with_page), "a zero page still counts");
+        m.write_obj(1u8, vm_memory::GuestAddress(2 * PAGE as u64 + 9))
+            .unwrap();
+        assert!(seen.insert(super::state_hash(&base, None, &m, &[2])));
+        assert_eq!(
+            super::state_hash(&base, None, &m, &[1]),
+            super::state_hash(&base, None, &m, &[1]),
+            "deterministic"
+        );
+        let mut d = DmaPages::default();
+        d.note(0x1ff0, 0x20);
+        d.note(0x1000, 1);
+        d.note(0x5000, 0);
+        assert_eq!(d.take(), vec![1, 2]);
+        assert!(d.take().is_empty());
     }
 }

@@ -117,6 +117,7 @@ pub struct RecordingEnv<E, S> {
     arrivals: Vec<u8>,
     stats: RecordStats,
     instructions: Arc<AtomicU64>,
+    dma_pages: digest::DmaPages,
 }
 
 impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
@@ -138,6 +139,7 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
             arrivals: Vec::new(),
             stats: RecordStats::default(),
             instructions: Arc::new(AtomicU64::new(0)),
+            dma_pages: digest::DmaPages::default(),
         }
     }
 
@@ -318,6 +320,7 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
             }
             Some(AsyncInput::DmaWrite { gpa, data }) => {
                 let at = async_point(at)?;
+                self.dma_pages.note(*gpa, data.len());
                 self.input(
                     DmaWrite {
                         gpa: *gpa,
@@ -372,7 +375,8 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
             return Ok(());
         }
         if self.since_check > 0 {
-            let hash = digest::state_hash(&vcpu.regs()?, vcpu.retired());
+            let pages = self.dma_pages.take();
+            let hash = digest::state_hash(&vcpu.regs()?, vcpu.retired(), &self.mem, &pages);
             self.since_check = 0;
             self.stats.checks += 1;
             self.emit(StateCheck { hash }.into())?;

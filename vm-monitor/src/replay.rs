@@ -193,6 +193,7 @@ pub struct ReplayEnv<S> {
     end: Option<(u64, End)>,
     stats: ReplayStats,
     progress: Arc<ReplayProgress>,
+    dma_pages: digest::DmaPages,
 }
 
 fn describe(r: &Record) -> String {
@@ -263,6 +264,7 @@ impl<S: RecordSource> ReplayEnv<S> {
             end: None,
             stats: ReplayStats::default(),
             progress: Arc::new(ReplayProgress::default()),
+            dma_pages: digest::DmaPages::default(),
         }
     }
 
@@ -736,10 +738,13 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
                     }
                     Ok(Some(AsyncInput::Interrupt(x.vector)))
                 }
-                Some((_, Record::DmaWrite(x))) => Ok(Some(AsyncInput::DmaWrite {
-                    gpa: x.gpa,
-                    data: x.bytes,
-                })),
+                Some((_, Record::DmaWrite(x))) => {
+                    self.dma_pages.note(x.gpa, x.bytes.len());
+                    Ok(Some(AsyncInput::DmaWrite {
+                        gpa: x.gpa,
+                        data: x.bytes,
+                    }))
+                }
                 _ => Ok(None),
             };
         }
@@ -837,10 +842,12 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
                     let Some((i, _)) = self.pop() else {
                         return Ok(());
                     };
-                    let actual = digest::state_hash(&vcpu.regs()?, vcpu.retired());
+                    let pages = self.dma_pages.take();
+                    let actual =
+                        digest::state_hash(&vcpu.regs()?, vcpu.retired(), &self.mem, &pages);
                     if actual != expected {
                         let what = format!(
-                            "state check record {i}: the registers or retired counts after this exit differ from the recording's (hash {expected:#018x} recorded, {actual:#018x} replayed)"
+                            "state check record {i}: the registers, retired counts or DMA-written pages after this exit differ from the recording's (hash {expected:#018x} recorded, {actual:#018x} replayed)"
                         );
                         return Err(self.diverge(i, what, Some(&*vcpu), None, None));
                     }

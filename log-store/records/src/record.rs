@@ -138,9 +138,11 @@ pub struct PageHashes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateCheck {
     /// The first 8 bytes (little endian) of the BLAKE3 of the registers (the
-    /// [`vcpu::Regs`] fields in declaration order, each u64 little endian)
-    /// followed by the retired instruction and branch counts (u64 little
-    /// endian each; both 0 where the backend does not count exactly).
+    /// [`vcpu::Regs`] fields in declaration order, each u64 little endian),
+    /// the retired instruction and branch counts (u64 little endian each;
+    /// both 0 where the backend does not count exactly), then for each 4 KiB
+    /// page that DMA wrote since the previous check, in ascending order, its
+    /// page number (u64 little endian) and its contents at this point.
     pub hash: u64,
 }
 
