@@ -588,6 +588,9 @@ fn log_writer(
                     n += 1;
                 }
                 shared.records.store(n, Ordering::Relaxed);
+                // Keep the durable count moving while records stream in.
+                let ack = app.collect_ready().map_err(|e| e.to_string())?;
+                shared.durable.store(ack.durable, Ordering::Relaxed);
             }
             Err(RecvTimeoutError::Timeout) => {
                 app.send_batch().map_err(|e| e.to_string())?;

@@ -336,9 +336,9 @@ mod tests {
     #[test]
     fn the_state_hash_covers_every_register_both_counts_and_dma_pages() {
         let m = mem(4);
-        let state_hash = |r: &Regs, c| super::state_hash(r, c, &m, &[]);
+        let hash = |r: &Regs, c| state_hash(r, c, &m, &[]);
         let base = Regs::default();
-        let h0 = state_hash(&base, None);
+        let h0 = hash(&base, None);
         let mut seen = std::collections::HashSet::from([h0]);
         for i in 0..18 {
             let mut r = base;
@@ -351,7 +351,7 @@ mod tests {
                 r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
                 r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
             ] = g;
-            assert!(seen.insert(state_hash(&r, None)), "field {i}");
+            assert!(seen.insert(hash(&r, None)), "field {i}");
         }
         let c = |i, b| {
             Some(RetiredCounts {
@@ -359,16 +359,15 @@ mod tests {
                 branches: b,
             })
         };
-        assert!(seen.insert(state_hash(&base, c(1, 0))));
-        assert!(seen.insert(state_hash(&base, c(0, 1))));
-        let with_page = super::state_hash(&base, None, &m, &[2]);
+        assert!(seen.insert(hash(&base, c(1, 0))));
+        assert!(seen.insert(hash(&base, c(0, 1))));
+        let with_page = state_hash(&base, None, &m, &[2]);
         assert!(seen.insert(with_page), "a zero page still counts");
-        m.write_obj(1u8, vm_memory::GuestAddress(2 * PAGE as u64 + 9))
-            .unwrap();
-        assert!(seen.insert(super::state_hash(&base, None, &m, &[2])));
+        m.write_obj(1u8, GuestAddress(2 * PAGE as u64 + 9)).unwrap();
+        assert!(seen.insert(state_hash(&base, None, &m, &[2])));
         assert_eq!(
-            super::state_hash(&base, None, &m, &[1]),
-            super::state_hash(&base, None, &m, &[1]),
+            state_hash(&base, None, &m, &[1]),
+            state_hash(&base, None, &m, &[1]),
             "deterministic"
         );
         let mut d = DmaPages::default();

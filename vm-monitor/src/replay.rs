@@ -194,6 +194,8 @@ pub struct ReplayEnv<S> {
     stats: ReplayStats,
     progress: Arc<ReplayProgress>,
     dma_pages: digest::DmaPages,
+    /// The next timepointed record found by [`ReplayEnv::target`].
+    tp_cache: Option<(u64, Timepoint)>,
 }
 
 fn describe(r: &Record) -> String {
@@ -265,6 +267,7 @@ impl<S: RecordSource> ReplayEnv<S> {
             stats: ReplayStats::default(),
             progress: Arc::new(ReplayProgress::default()),
             dma_pages: digest::DmaPages::default(),
+            tp_cache: None,
         }
     }
 
@@ -389,18 +392,42 @@ impl<S: RecordSource> ReplayEnv<S> {
         )
     }
 
-    /// The timepoint the head record must be reached at, if it is one.
+    /// The next record that carries a timepoint (an asynchronous input, a
+    /// digest, the end), at or after the head: where the vCPU must be
+    /// stopped next. Records before it are synchronous inputs and checks,
+    /// which happen on the way (at exits the landing hands back). `None`
+    /// when the rest of the log has none (a cut-short log).
     fn target(&mut self) -> Result<Option<(u64, Timepoint)>, EnvError> {
         if !self.ensure_head()? {
             return Err(self.exhausted());
         }
-        Ok(match self.queue.front() {
-            Some((i, Record::Interrupt(Interrupt { at, .. }))) => Some((*i, *at)),
-            Some((i, Record::DmaWrite(DmaWrite { at: Some(at), .. }))) => Some((*i, *at)),
-            Some((i, Record::Digest(Digest { at, .. }))) => Some((*i, *at)),
-            Some((i, Record::End(End { at: Some(at), .. }))) => Some((*i, *at)),
-            _ => None,
-        })
+        let front = self.next_number();
+        if let Some((i, tp)) = self.tp_cache {
+            if i >= front {
+                return Ok(Some((i, tp)));
+            }
+        }
+        let mut k = 0;
+        loop {
+            while let Some((i, r)) = self.queue.get(k) {
+                let tp = match r {
+                    Record::Interrupt(Interrupt { at, .. }) => Some(*at),
+                    Record::DmaWrite(DmaWrite { at: Some(at), .. }) => Some(*at),
+                    Record::Digest(Digest { at, .. }) => Some(*at),
+                    Record::End(End { at: Some(at), .. }) => Some(*at),
+                    _ => None,
+                };
+                if let Some(tp) = tp {
+                    self.tp_cache = Some((*i, tp));
+                    return Ok(Some((*i, tp)));
+                }
+                k += 1;
+            }
+            if self.src_done || !self.src.fill(&mut self.queue)? {
+                self.src_done = true;
+                return Ok(None);
+            }
+        }
     }
 
     fn counter(&mut self, vcpu: &mut dyn Vcpu) -> Result<&mut BranchCounter, EnvError> {
@@ -785,11 +812,24 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
             return Ok(Some(vcpu.run()?));
         };
         let opts = LandOptions::with_margin(self.opts.margin);
+        let head = self.next_number();
         let counter = self.counter(vcpu)?;
         match land(vcpu, counter, &tp, &opts) {
             Ok(LandStep::Landed(s)) => {
-                self.stats.landings += 1;
                 add(&mut self.stats.land, s);
+                if i != head {
+                    // The point of a later record, and the head's exit never came.
+                    let desc = self
+                        .queue
+                        .front()
+                        .map_or_else(|| "missing".into(), |(_, r)| describe(r));
+                    let what = format!(
+                        "the replay reached record {i}'s point (branches {}, rip {:#x}, rcx {:#x}) before record {head} happened: {desc}",
+                        tp.branches, tp.rip, tp.rcx
+                    );
+                    return Err(self.diverge(head, what, Some(&*vcpu), None, None));
+                }
+                self.stats.landings += 1;
                 Ok(None)
             }
             Ok(LandStep::Exit(exit, s)) => {
