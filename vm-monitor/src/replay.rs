@@ -907,3 +907,73 @@ fn add(sum: &mut LandStats, s: LandStats) {
     sum.pmis += s.pmis;
     sum.steps += s.steps;
 }
+
+/// The fuzz entry for replay: `data` read as a log's records (type byte,
+/// length byte, payload; records that do not decode are skipped) replayed
+/// against the guest `elf` on the soft vCPU, with limits on exits and time.
+/// Whatever the records say, the replay must end in a verdict or an error,
+/// never a panic or a hang. Returns how it ended, for seeded tests.
+pub fn fuzz_replay(elf: &[u8], data: &[u8]) -> Option<ReplayEnd> {
+    use crate::machine::{Machine, MachineConfig, RunLimits};
+    let records = fuzz_records(data);
+    let machine = Machine::new(
+        elf,
+        &MachineConfig {
+            ram: 4 << 20,
+            ..MachineConfig::default()
+        },
+    )
+    .ok()?;
+    let mut vcpu = vcpu_soft::SoftVcpu::new(machine.memory().clone());
+    let controls = vcpu.default_controls();
+    machine.reset_vcpu(&mut vcpu, controls).ok()?;
+    let mut env = ReplayEnv::new(
+        VecSource::new(records),
+        machine.memory().clone(),
+        machine.ram_size(),
+        ReplayOptions {
+            vcpu_index: 0,
+            mode: CounterMode::Exact,
+            margin: 0,
+        },
+        Box::new(std::io::sink()),
+    );
+    let limits = RunLimits {
+        wall: Some(std::time::Duration::from_millis(500)),
+        exits: Some(20_000),
+        exit_synchronous: false,
+    };
+    let result = machine.run(&mut vcpu, &mut env, &limits);
+    env.finish(&vcpu, result).ok()
+}
+
+/// Read fuzz bytes as records (see [`fuzz_replay`]).
+pub fn fuzz_records(data: &[u8]) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let [ty, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let id = 1 + u16::from(*ty) % motion_records::RecordType::MAX_ID;
+        if let Ok(r) = Record::decode(id, &tail[..n]) {
+            out.push(r);
+        }
+        rest = &tail[n..];
+    }
+    out
+}
+
+/// Encode records in [`fuzz_records`]' form (seeds from real recordings;
+/// records longer than 255 bytes are left out).
+pub fn fuzz_encode(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        let Ok(p) = r.to_payload() else { continue };
+        let Ok(len) = u8::try_from(p.len()) else {
+            continue;
+        };
+        out.push((r.record_type().id() - 1) as u8);
+        out.push(len);
+        out.extend_from_slice(&p);
+    }
+    out
+}
