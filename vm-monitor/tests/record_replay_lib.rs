@@ -155,3 +155,153 @@ fn timing_compute() {
     assert_eq!(replayed, out);
     eprintln!("record {tr:?} replay {tp:?} records {}", records.len());
 }
+
+/// The soft vCPU seen as a backend without exact counters (as KVM here):
+/// no retired counts, no host PMU, and the count of completed instruction
+/// exits as the clock of exit-synchronous recording.
+struct ExitSynchronous {
+    inner: SoftVcpu,
+    exits: u64,
+}
+
+impl Vcpu for ExitSynchronous {
+    fn backend(&self) -> &'static str {
+        "exit-sync-test"
+    }
+    fn run(&mut self) -> Result<vcpu::VmExit, vcpu::VcpuError> {
+        self.inner.run()
+    }
+    fn complete(&mut self, c: vcpu::Completion) -> Result<(), vcpu::VcpuError> {
+        self.exits += 1;
+        self.inner.complete(c)
+    }
+    fn regs(&self) -> Result<vcpu::Regs, vcpu::VcpuError> {
+        self.inner.regs()
+    }
+    fn set_regs(&mut self, r: &vcpu::Regs) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_regs(r)
+    }
+    fn special_regs(&self) -> Result<vcpu::SpecialRegs, vcpu::VcpuError> {
+        self.inner.special_regs()
+    }
+    fn set_special_regs(&mut self, s: &vcpu::SpecialRegs) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_special_regs(s)
+    }
+    fn fpu(&self) -> Result<vcpu::FpuState, vcpu::VcpuError> {
+        self.inner.fpu()
+    }
+    fn set_fpu(&mut self, f: &vcpu::FpuState) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_fpu(f)
+    }
+    fn msr(&mut self, i: u32) -> Result<u64, vcpu::VcpuError> {
+        self.inner.msr(i)
+    }
+    fn set_msr(&mut self, i: u32, v: u64) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_msr(i, v)
+    }
+    fn controls(&self) -> &vcpu::ExecControls {
+        self.inner.controls()
+    }
+    fn set_controls(&mut self, c: vcpu::ExecControls) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_controls(c)
+    }
+    fn interruptible(&self) -> Result<bool, vcpu::VcpuError> {
+        self.inner.interruptible()
+    }
+    fn inject(&mut self, e: vcpu::Event) -> Result<(), vcpu::VcpuError> {
+        self.inner.inject(e)
+    }
+    fn kicker(&self) -> std::sync::Arc<dyn vcpu::Kicker> {
+        self.inner.kicker()
+    }
+    fn retired(&self) -> Option<vcpu::RetiredCounts> {
+        None
+    }
+    fn host_pmu(&mut self) -> Option<&mut dyn vcpu::PmuBank> {
+        None
+    }
+    fn deterministic_exits(&self) -> Option<u64> {
+        Some(self.exits)
+    }
+    fn host_wrote_memory(&mut self, gpa: u64, len: u64) {
+        self.inner.host_wrote_memory(gpa, len)
+    }
+}
+
+fn exit_sync_vcpu(machine: &Machine) -> ExitSynchronous {
+    let mut v = ExitSynchronous {
+        inner: SoftVcpu::new(machine.memory().clone()),
+        exits: 0,
+    };
+    let c = v.default_controls();
+    machine.reset_vcpu(&mut v, c).unwrap();
+    v
+}
+
+/// Exit-synchronous mode (what the kvm backend records in here): inputs
+/// are delivered only right after instruction exits and timed by the exit
+/// count; replay delivers them at the same count, without landing.
+#[test]
+fn exit_synchronous_recordings_replay_exactly() {
+    for (guest, input) in [
+        (
+            "serial-echo",
+            Some(&b"one\ntwo two\nthree three three\nquit\n"[..]),
+        ),
+        ("entropy", None),
+    ] {
+        let elf = guest_images::bytes(guest).unwrap();
+        let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+        let mut vcpu = exit_sync_vcpu(&machine);
+        assert_eq!(CounterMode::of(&vcpu), Some(CounterMode::ExitSynchronous));
+        let out = Shared::default();
+        let live = LiveEnvironment::new(
+            machine.memory().clone(),
+            LiveConfig {
+                serial_out: Box::new(out.clone()),
+                input: input.map(InputFeed::from_bytes),
+                disk: None,
+            },
+        );
+        let mut env = RecordingEnv::new(
+            live,
+            Vec::new(),
+            machine.memory().clone(),
+            machine.ram_size(),
+            RecordOptions {
+                digest_every: 20,
+                vcpu_index: 0,
+            },
+        );
+        let limits = RunLimits {
+            exit_synchronous: true,
+            ..RunLimits::default()
+        };
+        let result = machine.run(&mut vcpu, &mut env, &limits);
+        let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+        result.unwrap();
+        let recorded = out.0.lock().unwrap().clone();
+
+        let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+        let mut vcpu = exit_sync_vcpu(&machine);
+        let replayed = Shared::default();
+        let mut env = ReplayEnv::new(
+            VecSource::new(records),
+            machine.memory().clone(),
+            machine.ram_size(),
+            ReplayOptions {
+                vcpu_index: 0,
+                mode: CounterMode::ExitSynchronous,
+                margin: 0,
+            },
+            Box::new(replayed.clone()),
+        );
+        let result = machine.run(&mut vcpu, &mut env, &limits);
+        let end = env.finish(&vcpu, result).unwrap();
+        assert!(
+            matches!(end, ReplayEnd::Verified { .. }),
+            "{guest}: {end:?}"
+        );
+        assert_eq!(*replayed.0.lock().unwrap(), recorded, "{guest}");
+    }
+}
