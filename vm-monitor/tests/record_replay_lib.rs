@@ -211,7 +211,7 @@ impl Vcpu for ExitSynchronous {
     fn inject(&mut self, e: vcpu::Event) -> Result<(), vcpu::VcpuError> {
         self.inner.inject(e)
     }
-    fn kicker(&self) -> std::sync::Arc<dyn vcpu::Kicker> {
+    fn kicker(&self) -> Arc<dyn vcpu::Kicker> {
         self.inner.kicker()
     }
     fn retired(&self) -> Option<vcpu::RetiredCounts> {
