@@ -164,3 +164,54 @@ fn every_altered_record_is_reported_at_or_right_after_it() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(caught, n);
 }
+
+/// Without the state checks (a log stripped of them), a wrong DMA byte is
+/// noticed only by a digest's memory hash: the report names the first
+/// differing page, which is the page the altered byte went to.
+#[test]
+fn a_memory_difference_names_the_first_differing_page() {
+    let fx = Fixtures::new();
+    let s = subject(&fx, "disk");
+    let records: Vec<Record> = s
+        .records
+        .iter()
+        .filter(|r| !matches!(r, Record::StateCheck(_)))
+        .cloned()
+        .collect();
+    // The last data transfer: no later one overwrites the buffer.
+    let (i, page, k) = records
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, r)| match r {
+            Record::DmaWrite(d) if d.bytes.len() >= 512 => {
+                let k = d.bytes.len() / 2 + 7;
+                Some((i, (d.gpa + k as u64) / 4096, k))
+            }
+            _ => None,
+        })
+        .expect("a data DMA write");
+    let mut bad = records.clone();
+    if let Record::DmaWrite(d) = &mut bad[i] {
+        d.bytes[k] ^= 0x40;
+    }
+    let log = fx.path("stripped-bad.motionlog");
+    write_log(&log, &s.machine, &bad);
+    let rep = replay(&s.guest, &log, &["--quiet"]);
+    eprintln!("{}", rep.text);
+    assert_eq!(rep.code, Some(2), "{}", rep.text);
+    let at = rep.json["divergence_record"].as_u64().unwrap();
+    assert!(at > i as u64, "noticed at a later digest: {}", rep.json);
+    assert!(
+        matches!(records[at as usize], Record::Digest(_)),
+        "reported at a digest record: {}",
+        rep.json
+    );
+    assert_eq!(
+        rep.json["divergence_page"].as_u64(),
+        Some(page),
+        "the page the altered byte went to: {}",
+        rep.json
+    );
+    assert!(rep.text.contains("first differing page"), "{}", rep.text);
+}
