@@ -127,3 +127,49 @@ fn entropy_recordings_differ_and_replay_exactly() {
 fn serial_echo_recordings_differ_and_replay_exactly() {
     recordings_replay_exactly("serial-echo", true);
 }
+
+/// A log is refused up front when the guest or disk image given to replay it
+/// is not the one recorded; the message names both hashes.
+#[test]
+fn logs_from_other_images_are_refused_up_front() {
+    let fx = Fixtures::new();
+    let g = fx.guest("disk");
+    let log = fx.path("disk.motionlog");
+    let rec = record(&g, &log, &[]);
+    assert_eq!(rec.code, Some(0), "{}", rec.stderr);
+    let (machine, _) = read_log(&log);
+    let hex = motion_records::hex;
+
+    let other = guest_images::bytes("hello").unwrap();
+    let rep = replay(&g, &log, &["--guest", "hello"]);
+    assert_eq!(rep.code, Some(4), "{}\n{}", rep.text, rep.stderr);
+    let why = rep.json["refused"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains(&hex(&machine.guest_image)), "{why}");
+    assert!(
+        why.contains(&hex(blake3_of(other).as_slice())),
+        "names the given image's hash: {why}"
+    );
+
+    let mut disk = std::fs::read(fx.path("disk.img")).unwrap();
+    disk[100] ^= 1;
+    std::fs::write(fx.path("other.img"), &disk).unwrap();
+    let other_disk = fx.path("other.img").display().to_string();
+    let plain = common::Guest {
+        replay_args: vec![],
+        ..g.clone()
+    };
+    let rep = replay(&plain, &log, &["--disk", &other_disk]);
+    assert_eq!(rep.code, Some(4), "{}\n{}", rep.text, rep.stderr);
+    let why = rep.json["refused"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains(&hex(&machine.disk_image.unwrap())),
+        "names the recorded disk: {why}"
+    );
+    assert!(why.contains(&hex(blake3_of(&disk).as_slice())), "{why}");
+    let rep = replay(&plain, &log, &[]);
+    assert_eq!(rep.code, Some(4), "no disk given: {}", rep.text);
+}
+
+fn blake3_of(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}

@@ -292,3 +292,49 @@ fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(disk: Option<Hash32>) -> MachineInfo {
+        MachineInfo {
+            backend: "soft".into(),
+            guest_name: "timer".into(),
+            vcpus: 1,
+            memory_bytes: 128 << 20,
+            guest_image: [1; 32],
+            disk_image: disk,
+            cpuid: vcpu::CpuidPolicy::baseline(),
+            counter_mode: vcpu::CounterMode::Exact,
+        }
+    }
+
+    #[test]
+    fn other_images_are_refused_naming_both_hashes() {
+        let m = machine(None);
+        assert_eq!(refusal(&m, &[1; 32], None), None);
+        let why = refusal(&m, &[3; 32], None).unwrap();
+        assert!(
+            why.contains(&hex(&[1; 32])) && why.contains(&hex(&[3; 32])),
+            "{why}"
+        );
+        assert!(why.contains("timer"), "{why}");
+        assert!(
+            refusal(&m, &[1; 32], Some(&[5; 32])).is_some(),
+            "a disk the log did not have"
+        );
+        let d = machine(Some([7; 32]));
+        assert_eq!(refusal(&d, &[1; 32], Some(&[7; 32])), None);
+        let why = refusal(&d, &[1; 32], Some(&[8; 32])).unwrap();
+        assert!(
+            why.contains(&hex(&[7; 32])) && why.contains(&hex(&[8; 32])),
+            "{why}"
+        );
+        assert!(
+            refusal(&d, &[1; 32], None)
+                .unwrap()
+                .contains("give that image")
+        );
+    }
+}

@@ -385,3 +385,112 @@ pub enum VmControlError {
         what: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> MachineInfo {
+        MachineInfo {
+            backend: "soft".into(),
+            guest_name: "timer".into(),
+            vcpus: 1,
+            memory_bytes: 128 << 20,
+            guest_image: [1; 32],
+            disk_image: Some([2; 32]),
+            cpuid: vcpu::CpuidPolicy::baseline(),
+            counter_mode: vcpu::CounterMode::Exact,
+        }
+    }
+
+    fn round_trip<T: Serialize + for<'a> Deserialize<'a> + PartialEq + std::fmt::Debug>(v: T) {
+        let bytes = postcard::to_allocvec(&v).unwrap();
+        assert_eq!(postcard::from_bytes::<T>(&bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn session_messages_round_trip() {
+        round_trip(Request::Record(Box::new(RecordSetup {
+            log: "t.motionlog".into(),
+            guest_name: "timer".into(),
+            ram: 1 << 27,
+            backend: "soft".into(),
+            digest_every: 500,
+            durability: DurabilityRequest::IntervalMs(10),
+            serial_input: true,
+            time_limit_ms: Some(2000),
+        })));
+        round_trip(Request::SerialInput {
+            bytes: b"hi\n".to_vec(),
+            end: true,
+        });
+        round_trip(Request::Progress);
+        round_trip(Request::LoadReplay(Box::new(ReplayLoad {
+            machine: machine(),
+            pmi_skid: 64,
+        })));
+        round_trip(Request::Feed(Box::new(Feed {
+            first: 7,
+            records: vec![WireRecord {
+                record_type: 1,
+                timepoint: None,
+                payload: vec![1, 2, 3],
+            }],
+            end_of_log: true,
+            wait_ms: 100,
+        })));
+        round_trip(Request::Replay(Box::new(ReplaySetup {
+            log: "t.motionlog".into(),
+            pmi_skid: 0,
+        })));
+        let tp = Timepoint {
+            vcpu: 0,
+            branches: 9,
+            rip: 0x1000,
+            rcx: 3,
+        };
+        round_trip(Reply::Status(Box::new(Status {
+            state: Some(SessionState::Finished(Outcome::Diverged(Box::new(
+                DivergenceReport {
+                    record: 12,
+                    what: "digest".into(),
+                    at: Some(tp),
+                    expected_regs: Some(Regs::default()),
+                    actual_regs: Some(Regs {
+                        rax: 1,
+                        ..Regs::default()
+                    }),
+                    page: Some((0x10c, 1, 2)),
+                },
+            )))),
+            records: 12,
+            durable: 10,
+            total: Some(20),
+            instructions: 1000,
+            checks: 5,
+            digests: 1,
+            last_digest: Some((3, [9; 32])),
+            landings: 2,
+            session_ns: 123,
+            output: b"out".to_vec(),
+        })));
+        round_trip(Reply::Recording(Box::new(machine())));
+        round_trip(Reply::Loaded(LoadedImages {
+            guest_image: [1; 32],
+            disk_image: None,
+        }));
+        for o in [
+            Outcome::Recorded {
+                end: EndStatus::GuestShutdown { code: 0 },
+            },
+            Outcome::Verified {
+                end: EndStatus::GuestHalted,
+            },
+            Outcome::Truncated { records: 4 },
+            Outcome::Refused("other image".into()),
+            Outcome::Failed("io".into()),
+        ] {
+            round_trip(SessionState::Finished(o));
+        }
+    }
+}
