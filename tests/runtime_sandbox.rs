@@ -328,6 +328,7 @@ fn mem_log(mut ctx: ComponentContext) -> ComponentResult {
                         s.sealed = true;
                         Ok(Reply::Sealed(ack))
                     }
+                    Request::Create(_) => Ok(Reply::Created(ack)),
                 }
             })
         }));

@@ -8,9 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log_append_api::{Appender, BatchLimits, LogAppend, Record as WireRecord};
-use motion_ipc::Client;
-use motion_records::session::{BEGIN_TYPE_ID, Begin};
+use log_append_api::{Appender, BatchLimits, CreateLog, Record as WireRecord};
 use motion_records::{MachineInfo, Record};
 use vcpu::{CounterMode, Vcpu};
 use vcpu_soft::SoftVcpu;
@@ -140,12 +138,18 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
     let stop = env.stop_flag();
     let _ = shared.live_instructions.set(env.instructions());
     let kicker = vcpu.kicker();
-    let begin = Begin {
+    // Open the log before answering, so a refusal (the log exists, a bad
+    // name) is the answer to `Record`.
+    let mut app = Appender::new(client, BatchLimits::default());
+    app.create(CreateLog {
         log: setup.log.clone(),
         machine: info.clone(),
         durability: setup.durability,
         resume: false,
-    };
+    })
+    .map_err(|e| VmControlError::BadRequest {
+        what: format!("the log store cannot create `{}`: {e}", setup.log),
+    })?;
     let limits = RunLimits {
         wall: setup.time_limit_ms.map(Duration::from_millis),
         exits: None,
@@ -155,7 +159,7 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
     let thread = std::thread::Builder::new()
         .name("record".into())
         .spawn(move || {
-            let outcome = record_session(machine, vcpu, env, limits, client, begin, rx, &sh);
+            let outcome = record_session(machine, vcpu, env, limits, app, rx, &sh);
             sh.finish(outcome);
         })
         .map_err(|e| VmControlError::Vcpu {
@@ -181,8 +185,7 @@ fn record_session(
     mut vcpu: SoftVcpu,
     mut env: RecordingEnv<LiveEnvironment, ChannelSink>,
     limits: RunLimits,
-    client: Client<LogAppend>,
-    begin: Begin,
+    app: Appender,
     rx: Receiver<Record>,
     shared: &Arc<Shared>,
 ) -> Outcome {
@@ -190,7 +193,7 @@ fn record_session(
     let sh = Arc::clone(shared);
     let log = std::thread::Builder::new()
         .name("log".into())
-        .spawn(move || log_writer(client, begin, rx, &sh));
+        .spawn(move || log_writer(app, rx, &sh));
     let log = match log {
         Ok(t) => t,
         Err(e) => return Outcome::Failed(format!("cannot start the log thread: {e}")),
@@ -219,19 +222,7 @@ fn record_session(
     }
 }
 
-fn log_writer(
-    client: Client<LogAppend>,
-    begin: Begin,
-    rx: Receiver<Record>,
-    shared: &Shared,
-) -> Result<(), String> {
-    let mut app = Appender::new(client, BatchLimits::default());
-    app.push(WireRecord {
-        record_type: BEGIN_TYPE_ID,
-        timepoint: None,
-        payload: begin.to_payload(),
-    })
-    .map_err(|e| e.to_string())?;
+fn log_writer(mut app: Appender, rx: Receiver<Record>, shared: &Shared) -> Result<(), String> {
     let mut n = 0u64;
     let push = |app: &mut Appender, r: Record| -> Result<(), String> {
         let mut payload = Vec::new();
