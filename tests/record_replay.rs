@@ -173,3 +173,18 @@ fn logs_from_other_images_are_refused_up_front() {
 fn blake3_of(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
 }
+
+/// `motion demo` (what `./demo` ends with) records and replays `timer`.
+#[test]
+fn the_demo_verifies() {
+    let o = std::process::Command::new(motion_e2e::motion_bin::motion_bin())
+        .args(["demo", "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run motion demo");
+    let r = common::parse(o);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.text, r.stderr);
+    assert_eq!(r.json["verified"], true, "{}", r.json);
+    assert_eq!(r.json["output_identical"], true, "{}", r.json);
+    assert!(r.text.contains("replay verified: "), "{}", r.text);
+}

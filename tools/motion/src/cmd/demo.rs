@@ -29,6 +29,47 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
+/// One more live run of `guest` in this process, its serial output captured.
+fn live_output(guest: &str) -> anyhow::Result<Vec<u8>> {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let elf = guest_images::bytes(guest).context("bundled guest")?;
+    let machine = vm_monitor::Machine::new(elf, &vm_monitor::MachineConfig::default())?;
+    let mut vcpu = vcpu_soft::SoftVcpu::new(machine.memory().clone());
+    let controls = vcpu::Vcpu::default_controls(&vcpu);
+    machine.reset_vcpu(&mut vcpu, controls)?;
+    let out = Capture::default();
+    let mut env = vm_monitor::LiveEnvironment::new(
+        machine.memory().clone(),
+        vm_monitor::LiveConfig {
+            serial_out: Box::new(out.clone()),
+            input: None,
+            disk: None,
+        },
+    );
+    machine.run(&mut vcpu, &mut env, &vm_monitor::RunLimits::default())?;
+    let bytes = out.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(bytes)
+}
+
+/// The line of `out` that holds `key`, if any.
+fn line_with<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines().find(|l| l.contains(key)).map(str::trim)
+}
+
 fn indent(out: &[u8]) -> String {
     String::from_utf8_lossy(out)
         .lines()
@@ -105,6 +146,28 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             "DIFFERENT from the recording"
         }
     );
+    // Another live run, to show the recording captured something that varies.
+    let again = live_output(&a.guest)?;
+    let (rec_s, again_s) = (
+        String::from_utf8_lossy(&rec.output).into_owned(),
+        String::from_utf8_lossy(&again).into_owned(),
+    );
+    if again != rec.output {
+        let key = "checksum";
+        match (line_with(&rec_s, key), line_with(&again_s, key)) {
+            (Some(x), Some(y)) => println!(
+                "another live run of the same guest printed `{y}` where the recording has `{x}`: \
+                 the timing the recording captured is not reproducible live, only by replay"
+            ),
+            _ => println!(
+                "another live run of the same guest printed something else: the recording captured what varies"
+            ),
+        }
+    } else {
+        println!(
+            "another live run printed the same output (this guest's output does not depend on timing)"
+        );
+    }
     let digest = rep.status.last_digest.map(|(_, h)| hex(&h));
     let ok = match &rep.outcome {
         Outcome::Verified { .. } if same => {
