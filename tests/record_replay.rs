@@ -188,3 +188,28 @@ fn the_demo_verifies() {
     assert_eq!(r.json["output_identical"], true, "{}", r.json);
     assert!(r.text.contains("replay verified: "), "{}", r.text);
 }
+
+/// A recording stopped by the host (`--timeout`) ends `stopped` at a
+/// timepoint mid-run; the replay lands exactly there, compares the final
+/// digest, and verifies.
+#[test]
+fn a_stopped_recording_replays_to_its_stop_point() {
+    let fx = Fixtures::new();
+    let g = fx.guest("timer");
+    for (i, t) in ["0.12", "0.2", "0.3"].iter().enumerate() {
+        let log = fx.path(&format!("stopped-{i}.motionlog"));
+        let rec = record(&g, &log, &["--timeout", t]);
+        assert_eq!(rec.code, Some(0), "{}", rec.stderr);
+        assert_eq!(rec.json["end"], "Stopped", "{}", rec.json);
+        let (_, records) = read_log(&log);
+        let rep = replay(&g, &log, &["--quiet"]);
+        assert_eq!(rep.code, Some(0), "{}\n{}", rep.text, rep.stderr);
+        assert_eq!(rep.json["verified"], true, "{}", rep.json);
+        assert_eq!(
+            rep.json["digest"].as_str(),
+            final_digest(&records).as_deref(),
+            "{}",
+            rep.json
+        );
+    }
+}
