@@ -91,6 +91,9 @@ impl Default for RecordOptions {
 /// inputs keeps them to a few percent of even an exit-heavy recording.
 pub const DEFAULT_DIGEST_EVERY: u64 = 500;
 
+/// The largest DMA write one record carries; longer transfers are split.
+pub const DMA_CHUNK: usize = 64 * 1024;
+
 /// What a recording wrote, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecordStats {
@@ -321,14 +324,20 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
             Some(AsyncInput::DmaWrite { gpa, data }) => {
                 let at = async_point(at)?;
                 self.dma_pages.note(*gpa, data.len());
-                self.input(
-                    DmaWrite {
-                        gpa: *gpa,
-                        bytes: data.clone(),
-                        at: Some(at),
-                    }
-                    .into(),
-                )?;
+                // A guest chooses its transfer sizes: large ones become
+                // several records at the same point, each fitting a message.
+                let mut offset = 0u64;
+                for chunk in data.chunks(DMA_CHUNK) {
+                    self.input(
+                        DmaWrite {
+                            gpa: gpa.wrapping_add(offset),
+                            bytes: chunk.to_vec(),
+                            at: Some(at),
+                        }
+                        .into(),
+                    )?;
+                    offset += chunk.len() as u64;
+                }
             }
         }
         Ok(input)

@@ -305,3 +305,101 @@ fn exit_synchronous_recordings_replay_exactly() {
         assert_eq!(*replayed.0.lock().unwrap(), recorded, "{guest}");
     }
 }
+
+/// Live devices plus one large DMA transfer at the start (as a guest asking
+/// for a big read would cause).
+struct BigDma {
+    inner: LiveEnvironment,
+    sent: bool,
+}
+
+impl vm_monitor::Environment for BigDma {
+    fn port_in(&mut self, p: u16, s: u8) -> Result<u32, vm_monitor::EnvError> {
+        self.inner.port_in(p, s)
+    }
+    fn port_out(&mut self, p: u16, s: u8, v: u32) -> Result<(), vm_monitor::EnvError> {
+        self.inner.port_out(p, s, v)
+    }
+    fn mmio_read(&mut self, g: u64, s: u8) -> Result<[u8; 16], vm_monitor::EnvError> {
+        self.inner.mmio_read(g, s)
+    }
+    fn mmio_write(&mut self, g: u64, d: &[u8]) -> Result<(), vm_monitor::EnvError> {
+        self.inner.mmio_write(g, d)
+    }
+    fn tsc(&mut self) -> Result<u64, vm_monitor::EnvError> {
+        self.inner.tsc()
+    }
+    fn random(
+        &mut self,
+        k: vm_monitor::RandomKind,
+        s: u8,
+    ) -> Result<Option<u64>, vm_monitor::EnvError> {
+        self.inner.random(k, s)
+    }
+    fn next_async(
+        &mut self,
+        at: &vm_monitor::AsyncPoint<'_>,
+    ) -> Result<Option<vm_monitor::AsyncInput>, vm_monitor::EnvError> {
+        if !std::mem::replace(&mut self.sent, true) {
+            let data = (0..200 * 1024).map(|i| (i * 7 + 1) as u8).collect();
+            return Ok(Some(vm_monitor::AsyncInput::DmaWrite {
+                gpa: 0x40_0000,
+                data,
+            }));
+        }
+        self.inner.next_async(at)
+    }
+    fn interrupt_waiting(&mut self) -> Result<bool, vm_monitor::EnvError> {
+        self.inner.interrupt_waiting()
+    }
+    fn idle(
+        &mut self,
+        l: Option<std::time::Instant>,
+    ) -> Result<vm_monitor::Idle, vm_monitor::EnvError> {
+        self.inner.idle(l)
+    }
+    fn next_deadline(&mut self) -> Option<std::time::Instant> {
+        self.inner.next_deadline()
+    }
+}
+
+impl vm_monitor::record::Recordable for BigDma {}
+
+#[test]
+fn large_dma_transfers_are_split_and_replay() {
+    let elf = guest_images::bytes("hello").unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = SoftVcpu::new(machine.memory().clone());
+    let c = vcpu.default_controls();
+    machine.reset_vcpu(&mut vcpu, c).unwrap();
+    let live = LiveEnvironment::new(
+        machine.memory().clone(),
+        LiveConfig {
+            serial_out: Box::new(std::io::sink()),
+            input: None,
+            disk: None,
+        },
+    );
+    let mut env = RecordingEnv::new(
+        BigDma {
+            inner: live,
+            sent: false,
+        },
+        Vec::new(),
+        machine.memory().clone(),
+        machine.ram_size(),
+        RecordOptions::default(),
+    );
+    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
+    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+    let dma: Vec<usize> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::DmaWrite(d) => Some(d.bytes.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dma, [65536, 65536, 65536, 8192], "split at 64 KiB");
+    let (end, _) = replay("hello", records, 0);
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+}
