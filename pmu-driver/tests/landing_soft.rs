@@ -182,6 +182,7 @@ fn seeded_random_targets_land_exactly_on_the_soft_vcpu() {
     let skids = [0u64, 1, 64, 128];
     let (mut landed, mut in_rep, mut in_tight) = (0u64, 0u64, 0u64);
     let mut steps = [0u64; 4];
+    let mut baseline = 0u64;
     let programs: usize = std::env::var("PMU_LANDING_PROGRAMS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -190,7 +191,9 @@ fn seeded_random_targets_land_exactly_on_the_soft_vcpu() {
         let code = random_program(&mut rng);
         let tr = trace(&code, 3_000);
         for _ in 0..25 {
-            let t = tr[rng.random_range(0..tr.len())];
+            let i = rng.random_range(0..tr.len());
+            let t = tr[i];
+            baseline += i as u64;
             // Classify by the instruction at the target.
             let off = (t.rip - CODE) as usize;
             match code.get(off..off + 2) {
