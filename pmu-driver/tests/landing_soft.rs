@@ -215,8 +215,9 @@ fn seeded_random_targets_land_exactly_on_the_soft_vcpu() {
     let per = (programs * 25) as f64;
     for (k, skid) in skids.iter().enumerate() {
         println!(
-            "skid {skid:3}: {:.1} single steps per landing",
-            steps[k] as f64 / per
+            "skid {skid:3}: {:.1} single steps per landing (baseline, stepping from reset: {:.1})",
+            steps[k] as f64 / per,
+            baseline as f64 / per
         );
     }
     println!("{landed} landings exact; {in_rep} targets inside REP, {in_tight} in loop $/jmp $");
