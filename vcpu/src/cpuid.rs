@@ -60,7 +60,8 @@ impl CpuidPolicy {
     /// CMOV, CLFSH, FXSR, SSE, SSE2, CX16, POPCNT, RDRAND; leaf 7: RDSEED, BMI1
     /// (TZCNT); 0x8000_0001: LAHF/SAHF, LZCNT (ABM), SYSCALL, NX, 1-GiB pages,
     /// RDTSCP, LM; leaf 0xA: architectural performance monitoring version 2,
-    /// 4 general counters of 48 bits, events C0H/C4H available; an invariant TSC.
+    /// 4 general counters of 48 bits, of the architectural events only C0H
+    /// (instructions) and C4H (branches) available; an invariant TSC.
     pub fn baseline() -> Self {
         let e = |leaf, subleaf, sig, eax, ebx, ecx, edx| CpuidEntry {
             leaf,
@@ -96,9 +97,11 @@ impl CpuidPolicy {
                 // Family 6, model 0x55-ish signature; CLFLUSH line 8 qwords.
                 e(1, 0, false, 0x0005_0654, 0x0000_0800, leaf1_ecx, leaf1_edx),
                 e(7, 0, true, 0, LEAF7_EBX_RDSEED | 1 << 3, 0, 0),
-                // Arch perfmon v2: 4 counters, 48 bits, EBX vector length 7, all
-                // seven architectural events available (EBX bits clear).
-                e(0xA, 0, false, 2 | 4 << 8 | 48 << 16 | 7 << 24, 0, 0, 0),
+                // Arch perfmon v2: 4 counters, 48 bits, EBX vector length 7; of
+                // the seven architectural events only instructions retired (bit 1)
+                // and branches retired (bit 5) are available: a set EBX bit means
+                // "not available", so 0b101_1101.
+                e(0xA, 0, false, 2 | 4 << 8 | 48 << 16 | 7 << 24, 0x5D, 0, 0),
                 e(0x8000_0000, 0, false, 0x8000_0008, 0, 0, 0),
                 e(
                     0x8000_0001,

@@ -22,6 +22,15 @@
 //!    instruction with a value, or to fault it instead).
 //! 3. Between runs the monitor may read/write state, change controls and
 //!    [`Vcpu::inject`] an event.
+//!
+//! When an instruction retires: an exit that cannot repeat (CPUID, HLT,
+//! RDTSC/RDTSCP, RDMSR/WRMSR, RDRAND/RDSEED, non-string IN/OUT) retires inside
+//! `complete()`, as if the monitor had emulated it: RIP, the retired counters
+//! and the end of an STI interrupt shadow are visible before the next `run`
+//! (so `sti; hlt` followed by completing the HLT leaves the guest
+//! interruptible). MMIO accesses and string I/O elements may exit again, so
+//! they retire on the next `run`. Setting RIP with [`Vcpu::set_regs`] while
+//! such an answer is pending abandons the instruction.
 
 #![forbid(unsafe_code)]
 
@@ -191,6 +200,13 @@ pub trait Vcpu: Send {
     /// [`Vcpu::retired`] is exact and events land at precise timepoints.
     fn deterministic_exits(&self) -> Option<u64> {
         None
+    }
+
+    /// The host (a loader, a device's DMA) wrote guest memory directly, not
+    /// through the guest: backends that cache translated code drop what
+    /// they translated from `gpa..gpa + len`.
+    fn host_wrote_memory(&mut self, gpa: u64, len: u64) {
+        let _ = (gpa, len);
     }
 }
 

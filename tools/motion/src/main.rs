@@ -22,6 +22,14 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Boot a guest live: serial on stdout, exit with its isa-debug-exit status.
+    Run(cmd::run::RunArgs),
+    /// Benchmarks, each printed beside its baseline.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
+    /// Look into a recording's log.
+    #[command(subcommand)]
+    Log(cmd::log::LogCmd),
     /// The system description (system.toml).
     #[command(subcommand)]
     System(cmd::system::SystemCmd),
@@ -37,6 +45,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Log(c) => cmd::log::run(c),
         Command::System(c) => cmd::system::run(c),
         Command::Doctor { json } => cmd::doctor::run(json),
     };

@@ -1,5 +1,9 @@
 //! One module per subcommand group.
 
+pub mod backend;
+pub mod bench;
 pub mod doctor;
+pub mod log;
+pub mod run;
 pub mod system;
 pub mod version;

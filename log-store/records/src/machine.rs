@@ -1,0 +1,99 @@
+//! The machine description stored in a log's header.
+
+use serde::{Deserialize, Serialize};
+
+pub use vcpu::{CounterMode, CpuidEntry, CpuidPolicy};
+
+use crate::Hash32;
+
+/// What machine was recorded. Replay checks it before running anything: a
+/// log made from another guest image, disk image, memory size or CPUID policy
+/// cannot replay and is refused up front.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// The vCPU backend that recorded (`soft`, `kvm`).
+    pub backend: String,
+    /// The guest's name or path, for people reading `motion log inspect`.
+    pub guest_name: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory size in bytes.
+    pub memory_bytes: u64,
+    /// BLAKE3 of the guest image as loaded.
+    pub guest_image: Hash32,
+    /// BLAKE3 of the disk image at the start of recording, if the machine had one.
+    pub disk_image: Option<Hash32>,
+    /// The CPUID values the guest was shown.
+    pub cpuid: CpuidPolicy,
+    /// How asynchronous events were timed.
+    pub counter_mode: CounterMode,
+}
+
+/// The name of a counter mode in the CLI and JSON (`exact`, `exit-synchronous`).
+pub fn counter_mode_name(mode: CounterMode) -> &'static str {
+    match mode {
+        CounterMode::Exact => "exact",
+        CounterMode::ExitSynchronous => "exit-synchronous",
+    }
+}
+
+/// Parse [`counter_mode_name`]'s names.
+pub fn parse_counter_mode(name: &str) -> Option<CounterMode> {
+    match name {
+        "exact" => Some(CounterMode::Exact),
+        "exit-synchronous" => Some(CounterMode::ExitSynchronous),
+        _ => None,
+    }
+}
+
+impl MachineInfo {
+    /// Encode for the log header.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing these plain types into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decode a log header's machine description; every byte must be used.
+    pub fn from_bytes(bytes: &[u8]) -> Result<MachineInfo, crate::RecordError> {
+        let (info, rest) = postcard::take_from_bytes::<MachineInfo>(bytes).map_err(|e| {
+            crate::RecordError::Malformed {
+                kind: "machine description",
+                reason: e.to_string(),
+            }
+        })?;
+        if !rest.is_empty() {
+            return Err(crate::RecordError::TrailingBytes {
+                kind: "machine description",
+                extra: rest.len(),
+            });
+        }
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_info_round_trips_and_rejects_trailing_bytes() {
+        let m = MachineInfo {
+            backend: "soft".into(),
+            guest_name: "timer".into(),
+            vcpus: 2,
+            memory_bytes: 64 << 20,
+            guest_image: [7; 32],
+            disk_image: None,
+            cpuid: CpuidPolicy::baseline(),
+            counter_mode: CounterMode::ExitSynchronous,
+        };
+        let mut b = m.to_bytes();
+        assert_eq!(MachineInfo::from_bytes(&b).unwrap(), m);
+        b.push(0);
+        assert!(MachineInfo::from_bytes(&b).is_err());
+        assert_eq!(
+            parse_counter_mode(counter_mode_name(CounterMode::ExitSynchronous)),
+            Some(CounterMode::ExitSynchronous)
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! `motion bench …`: benchmarks that print each figure beside its baseline
+//! from the same run.
+
+pub mod cpu;
+pub mod log;
+pub mod tcg;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+/// `motion bench` subcommands.
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Soft vCPU speed (loop-heavy and memory-heavy MIPS) beside native ring-3 execution under KVM and QEMU TCG.
+    Cpu(cpu::CpuArgs),
+    /// Log-store append throughput and bytes per record.
+    Log(log::LogBenchArgs),
+}
+
+/// Run a `motion bench` subcommand.
+pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCmd::Cpu(a) => cpu::run(a),
+        BenchCmd::Log(args) => log::run(args),
+    }
+}
