@@ -243,8 +243,7 @@ fn serial_echo_in_qemu_answers_lines() {
     assert!(out.contains("quit after 2 lines"), "{out}");
 }
 
-#[path = "guests_common.rs"]
-mod common;
+use motion_e2e::motion_bin as common;
 
 /// QEMU and `motion run` (default backend) print the same serial output and
 /// end with the same status for a deterministic guest.

@@ -6,8 +6,7 @@
 //! The guests are built here as minimal PVH ELF images around hand-encoded
 //! 32-bit code (PVH enters in 32-bit protected mode, paging off, no IDT).
 
-#[path = "guests_common.rs"]
-mod common;
+use motion_e2e::motion_bin as common;
 
 use rand::{Rng, SeedableRng};
 

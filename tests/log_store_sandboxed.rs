@@ -10,7 +10,6 @@
 //! Domain processes are this test binary started again (harness = false).
 
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -38,12 +37,7 @@ fn main() -> ExitCode {
     if let Some(code) = motion_runtime::run_domain_if_requested(&registry) {
         return code;
     }
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    type Test = fn(&Registry);
-    let tests: &[(&str, Test)] = &[
+    let tests: &[motion_e2e::harness::Test<Registry>] = &[
         (
             "sandboxed_log_store_records_reads_and_verifies",
             records_reads_and_verifies,
@@ -53,35 +47,7 @@ fn main() -> ExitCode {
             killed_log_domain_keeps_acknowledged_records,
         ),
     ];
-    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
-    println!();
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            filtered += 1;
-            continue;
-        }
-        let t0 = Instant::now();
-        match catch_unwind(AssertUnwindSafe(|| test(&registry))) {
-            Ok(()) => {
-                println!("test {name} ... ok ({:.2}s)", t0.elapsed().as_secs_f64());
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!();
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!(
-        "test result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out"
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    motion_e2e::harness::run(&registry, tests, |_| None)
 }
 
 fn graph() -> SystemGraph {

@@ -36,12 +36,7 @@ fn main() -> ExitCode {
     if let Some(code) = motion_runtime::run_domain_if_requested(&registry) {
         return code;
     }
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    type Test = fn(&Registry);
-    let tests: &[(&str, Test)] = &[
+    let tests: &[motion_e2e::harness::Test<Registry>] = &[
         ("undeclared_channel_cannot_be_used_processes", |r| {
             undeclared_channel_cannot_be_used(r, Mode::Processes)
         }),
@@ -92,40 +87,10 @@ fn main() -> ExitCode {
     let sandbox = motion_runtime::seccomp::probe();
     let needs_sandbox =
         |name: &str| !name.ends_with("_threads") && !name.contains("without_a_sandbox");
-    let (mut passed, mut failed, mut filtered, mut ignored) = (0, 0, 0, 0);
-    println!();
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            filtered += 1;
-            continue;
-        }
-        if let (Err(why), true) = (&sandbox, needs_sandbox(name)) {
-            println!("test {name} ... ignored (skipped: {why})");
-            ignored += 1;
-            continue;
-        }
-        let t0 = Instant::now();
-        match catch_unwind(AssertUnwindSafe(|| test(&registry))) {
-            Ok(()) => {
-                println!("test {name} ... ok ({:.2}s)", t0.elapsed().as_secs_f64());
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!();
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!(
-        "test result: {verdict}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {filtered} filtered out"
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    motion_e2e::harness::run(&registry, tests, |name| match &sandbox {
+        Err(why) if needs_sandbox(name) => Some(why.to_string()),
+        _ => None,
+    })
 }
 
 fn registry() -> Registry {

@@ -351,3 +351,73 @@ fn a_huge_straight_line_run_hits_the_step_guard() {
     }
     assert!(!v.controls().monitor_trap_flag);
 }
+
+/// Timepoints come from a log a guest influenced: arbitrary values must
+/// end in a landing, an overshoot, or a vCPU error — never a panic.
+#[test]
+fn arbitrary_targets_never_panic() {
+    let mut rng = ChaCha8Rng::seed_from_u64(0xBAD_7A26);
+    let mut outcomes = [0u32; 3];
+    for _ in 0..2_000 {
+        // A program that halts and then runs off its end (an error exit).
+        let mut ops = vec![Op::MovRcx(rng.random_range(0..50)), Op::RepMovsb];
+        ops.push(Op::MovRcx(rng.random_range(1..30)));
+        ops.push(Op::Loop(3));
+        ops.push(Op::Hlt);
+        let prog = Program::new(ops);
+        let t = Timepoint {
+            vcpu: rng.random(),
+            branches: if rng.random_bool(0.5) {
+                rng.random_range(0..40)
+            } else {
+                rng.random()
+            },
+            rip: if rng.random_bool(0.5) {
+                prog.rip(rng.random_range(0..5))
+            } else {
+                rng.random()
+            },
+            rcx: if rng.random_bool(0.5) {
+                rng.random_range(0..50)
+            } else {
+                rng.random()
+            },
+        };
+        let skid = rng.random_range(0..4);
+        let (mut v, mut bc) = vcpu(&prog, skid);
+        let opts = LandOptions {
+            margin: rng.random_range(0..8),
+            max_steps: 10_000,
+        };
+        let mut exits = 0;
+        let r = loop {
+            match land(&mut v, &mut bc, &t, &opts) {
+                Ok(LandStep::Exit(_, _)) if exits < 10 => {
+                    exits += 1;
+                    if v.complete(Completion::Retire).is_err() {
+                        break None;
+                    }
+                }
+                Ok(LandStep::Exit(_, _)) => break None,
+                other => break Some(other),
+            }
+        };
+        match r {
+            Some(Ok(LandStep::Landed(_))) => {
+                let regs = v.regs().unwrap();
+                assert_eq!((regs.rip, regs.rcx), (t.rip, t.rcx));
+                outcomes[0] += 1;
+            }
+            Some(Err(LandError::Overshoot { .. } | LandError::StepLimit { .. })) => {
+                outcomes[1] += 1
+            }
+            Some(Err(LandError::Vcpu(_))) | None => outcomes[2] += 1,
+            Some(other) => panic!("{other:?}"),
+        }
+    }
+    println!(
+        "landed {}, overshoot/limit {}, vCPU error or gave up {}",
+        outcomes[0], outcomes[1], outcomes[2]
+    );
+    assert!(outcomes.iter().all(|&n| n > 0), "{outcomes:?}");
+}

@@ -69,3 +69,13 @@ pub fn motion_bin() -> &'static Path {
         bin
     })
 }
+
+/// `motion run` with `args`, stdin closed; its whole output.
+pub fn motion_run(args: &[&str]) -> std::process::Output {
+    Command::new(motion_bin())
+        .arg("run")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run motion")
+}

@@ -1130,15 +1130,8 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
                 }
                 _ => return ud_op(rip, len),
             }
-            if o.cc == 0 && o.sk == kind::REG {
-                // movd/movq xmm, r32/r64
-                sse::movdq
-            } else if o.cc == 2 {
-                // movq xmm, xmm: the source is an xmm register.
-                sse::movdq
-            } else {
-                sse::movdq
-            }
+            // One handler for every form: `o.cc` and the operand kinds say which.
+            sse::movdq
         }
         M::Pxor
         | M::Xorps
