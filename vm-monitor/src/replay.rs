@@ -517,7 +517,7 @@ impl<S: RecordSource> ReplayEnv<S> {
         let _ = self.output.flush();
         match result {
             Err(MachineError::Env(EnvError::Diverged(what))) => {
-                let d = self.divergence.take().unwrap_or(Divergence {
+                let mut d = self.divergence.take().unwrap_or(Divergence {
                     record: self.next_number(),
                     what,
                     at: None,
@@ -525,6 +525,14 @@ impl<S: RecordSource> ReplayEnv<S> {
                     actual_regs: None,
                     page: None,
                 });
+                // A synchronous exit that did not match is noticed where the
+                // vCPU is not at hand; the machine stopped right there.
+                if d.at.is_none() {
+                    d.at = digest::point(vcpu, self.opts.vcpu_index).ok();
+                }
+                if d.actual_regs.is_none() {
+                    d.actual_regs = vcpu.regs().ok();
+                }
                 return Ok(ReplayEnd::Diverged(Box::new(d)));
             }
             Err(MachineError::Env(EnvError::Exhausted)) => {

@@ -131,12 +131,18 @@ fn altered_records_diverge_at_or_right_after_them() {
         log[i] = bad;
         let (end, _) = replay("timer", log, 0);
         match end {
-            ReplayEnd::Diverged(d) => assert!(
-                d.record >= i as u64 && d.record <= i as u64 + 3,
-                "record {i} altered, divergence at {}: {}",
-                d.record,
-                d.what
-            ),
+            ReplayEnd::Diverged(d) => {
+                assert!(
+                    d.record >= i as u64 && d.record <= i as u64 + 3,
+                    "record {i} altered, divergence at {}: {}",
+                    d.record,
+                    d.what
+                );
+                assert!(
+                    d.at.is_some() && d.actual_regs.is_some(),
+                    "the report says where: {d:?}"
+                );
+            }
             other => panic!("record {i} ({r:?}) altered, replay ended {other:?}"),
         }
     }
