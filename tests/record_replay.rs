@@ -206,7 +206,7 @@ fn a_stopped_recording_replays_to_its_stop_point() {
         let log = fx.path(&format!("stopped-{i}.motionlog"));
         let rec = record(&g, &log, &["--timeout", t]);
         assert_eq!(rec.code, Some(0), "{}", rec.stderr);
-        assert_eq!(rec.json["end"], "Stopped", "{}", rec.json);
+        assert_eq!(rec.json["end"], "stopped", "{}", rec.json);
         let (_, records) = read_log(&log);
         let rep = replay(&g, &log, &["--quiet"]);
         assert_eq!(rep.code, Some(0), "{}\n{}", rep.text, rep.stderr);

@@ -490,6 +490,18 @@ fn drive(
     Ok((outcome, status, output))
 }
 
+/// An end status for people and JSON: `shutdown (status N)`, `halted`,
+/// `stopped`, `error: …`.
+pub fn end_text(end: &motion_records::EndStatus) -> String {
+    use motion_records::EndStatus;
+    match end {
+        EndStatus::GuestShutdown { code } => format!("shutdown (status {code})"),
+        EndStatus::GuestHalted => "halted".into(),
+        EndStatus::Stopped => "stopped".into(),
+        EndStatus::Error { message } => format!("error: {message}"),
+    }
+}
+
 /// Run `motion record`.
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let r = record(&RecordRun {
@@ -498,7 +510,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         progress: true,
     })?;
     let (ok, end) = match &r.outcome {
-        Outcome::Recorded { end } => (true, format!("{end:?}")),
+        Outcome::Recorded { end } => (true, end_text(end)),
         other => (false, format!("{other:?}")),
     };
     let summary = format!(

@@ -231,12 +231,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let (code, verified) = match &r.outcome {
         Outcome::Verified { end } => {
             println!(
-                "replay verified: {} records, {} instructions, digest {digest}; {} state checks, {} digests, {} landings, end {end:?}, {:.3} s",
+                "replay verified: {} records, {} instructions, digest {digest}; {} state checks, {} digests, {} landings, end {}, {:.3} s",
                 r.status.records,
                 r.status.instructions,
                 r.status.checks,
                 r.status.digests,
                 r.status.landings,
+                crate::cmd::record::end_text(end),
                 r.elapsed.as_secs_f64()
             );
             (ExitCode::SUCCESS, true)
