@@ -219,6 +219,7 @@ fn log_read_decoders() {
                 guest_image_hash: [7; 32],
                 disk_image_hash: Some([9; 32]),
                 cpuid_policy: "baseline".into(),
+                machine: Box::new(log_store::sample::machine()),
             })),
             Ok(Reply::Records {
                 first: 4,

@@ -293,6 +293,7 @@ fn mem_log(mut ctx: ComponentContext) -> ComponentResult {
                         s.sealed = true;
                         Ok(Reply::Sealed(ack))
                     }
+                    Request::Create(_) => Ok(Reply::Created(ack)),
                 }
             })
         }));
@@ -328,6 +329,7 @@ fn mem_log(mut ctx: ComponentContext) -> ComponentResult {
                         guest_image_hash: [0; 32],
                         disk_image_hash: None,
                         cpuid_policy: "none".into(),
+                        machine: Box::new(log_store::sample::machine()),
                     })),
                     Request::Read { from, .. } if from > len => {
                         Err(LogReadError::OutOfRange { from, records: len })

@@ -7,10 +7,11 @@
 //! component: it serves every `LogAppend` and `LogRead` channel declared for
 //! it, on logs in the directory its domain's `log-dir` resource names.
 //!
-//! A recording session on `LogAppend` starts with a
-//! [`motion_records::session::Begin`] record (type id 0: the log's name, its
-//! machine description, the durability policy). Acknowledgements count log
-//! records only, so record number `k` is the `k`-th record after `Begin`.
+//! A recording session on `LogAppend` starts with a `Create` request (the
+//! log's name, its machine description, the durability policy) — or, the
+//! older way, a [`motion_records::session::Begin`] record (type id 0)
+//! carrying the same. Acknowledgements count log records only, so record
+//! number `k` is the `k`-th record appended.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -101,6 +102,12 @@ impl AppendSession {
     fn begin(&mut self, payload: &[u8]) -> Result<(), LogAppendError> {
         let invalid = |why: String| LogAppendError::InvalidRecord { index: 0, why };
         let b = Begin::from_payload(payload).map_err(|e| invalid(e.to_string()))?;
+        self.open(b)
+    }
+
+    /// Create (or resume) the log a `Begin` record or a `Create` request names.
+    fn open(&mut self, b: Begin) -> Result<(), LogAppendError> {
+        let invalid = |why: String| LogAppendError::InvalidRecord { index: 0, why };
         if !plain_name(&b.log) {
             return Err(invalid(format!(
                 "log name `{}` is not a plain file name",
@@ -192,6 +199,22 @@ impl AppendSession {
                     }
                     Err(e) => Err(self.fail(e)),
                 }
+            }
+            append::Request::Create(c) => {
+                if !matches!(self.state, AppendState::Waiting) {
+                    return Err(LogAppendError::InvalidRecord {
+                        index: 0,
+                        why: "this session has opened its log already".into(),
+                    });
+                }
+                let c = *c;
+                self.open(Begin {
+                    log: c.log,
+                    machine: c.machine,
+                    durability: c.durability,
+                    resume: c.resume,
+                })?;
+                Ok(append::Reply::Created(wire_ack(self.writer()?.ack())))
             }
             append::Request::Flush => {
                 if let AppendState::Sealed(a) = self.state {
@@ -381,6 +404,7 @@ impl ReadSession {
                     guest_image_hash: m.guest_image,
                     disk_image_hash: m.disk_image,
                     cpuid_policy: cpuid_policy_id(&m.cpuid),
+                    machine: Box::new(m.clone()),
                 }))
             }
             read::Request::Read { from, max_records } => {

@@ -277,3 +277,58 @@ fn a_store_restarted_mid_recording_resumes_the_log() {
     let got: Vec<Record> = r.records().map(|x| x.unwrap().1).collect();
     assert_eq!(got, records);
 }
+
+#[test]
+fn a_recording_opened_with_create_reads_back_with_its_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, h) = append_server(dir.path(), Transport::InProcess);
+    let mut app = Appender::new(client, BatchLimits::default());
+    let create = |log: &str| log_append_api::CreateLog {
+        log: log.into(),
+        machine: sample::machine(),
+        durability: DurabilityRequest::EveryBatch,
+        resume: false,
+    };
+    assert_eq!(app.create(create("c.motionlog")).unwrap().accepted, 0);
+    let records: Vec<Record> = (0..100).map(|i| sample::mixed(3, i)).collect();
+    for r in &records {
+        app.push(wire(r)).unwrap();
+    }
+    assert_eq!(app.seal().unwrap().durable, 100);
+    drop(app);
+    h.join().unwrap();
+
+    // A second Create on a session, or one naming an existing log, is refused.
+    let (client, h) = append_server(dir.path(), Transport::InProcess);
+    let mut app = Appender::new(client, BatchLimits::default());
+    assert!(app.create(create("c.motionlog")).is_err(), "the log exists");
+    assert!(
+        app.create(create("../escape.motionlog")).is_err(),
+        "not a plain name"
+    );
+    app.create(create("d.motionlog")).unwrap();
+    assert!(
+        app.create(create("e.motionlog")).is_err(),
+        "one log per session"
+    );
+    drop(app);
+    h.join().unwrap();
+
+    let (mut rc, h) = read_client(dir.path());
+    let Reply::Opened(s) = rc
+        .call(&Request::Open {
+            log: "c.motionlog".into(),
+        })
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("open")
+    };
+    assert_eq!(s.records, 100);
+    let Reply::Header(hd) = rc.call(&Request::Header).unwrap().unwrap() else {
+        panic!("header")
+    };
+    assert_eq!(*hd.machine, sample::machine());
+    drop(rc);
+    h.join().unwrap();
+}

@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use vcpu::{Timepoint, Vcpu};
+use vcpu::{Timepoint, Vcpu, VcpuError, VmExit};
 
 /// Why the environment could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,31 @@ pub enum EnvError {
     /// A host-side failure (I/O, a lost thread).
     #[error("host failure: {0}")]
     Host(String),
+    /// The vCPU failed while the environment ran it ([`Environment::run_vcpu`]).
+    #[error("vCPU: {0}")]
+    Vcpu(VcpuError),
+    /// The environment ended the run on purpose: a recording stopped by the
+    /// host, or a replay that reached the recording's stop point.
+    #[error("stopped by the environment")]
+    Stopped,
+}
+
+// Manual: the message already includes the cause (see `MachineError`).
+impl From<VcpuError> for EnvError {
+    fn from(e: VcpuError) -> Self {
+        EnvError::Vcpu(e)
+    }
+}
+
+/// Which instruction read the time-stamp counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TscRead {
+    /// RDTSC.
+    Rdtsc,
+    /// RDTSCP (the machine answers IA32_TSC_AUX = 0 itself).
+    Rdtscp,
+    /// RDMSR of IA32_TSC.
+    Rdmsr,
 }
 
 /// RDRAND or RDSEED.
@@ -82,6 +107,23 @@ impl<'a> AsyncPoint<'a> {
         self.vcpu.deterministic_exits()
     }
 
+    /// The vCPU's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The vCPU (read-only: recorders and replayers look at its state).
+    pub fn vcpu(&self) -> &dyn Vcpu {
+        self.vcpu
+    }
+
+    /// The point in either counter mode: the exact timepoint, or on a
+    /// backend without exact counters `(vcpu, deterministic exits, rip,
+    /// rcx)`; `None` only if the registers cannot be read.
+    pub fn point(&self) -> Option<Timepoint> {
+        crate::digest::point(self.vcpu, self.index).ok()
+    }
+
     /// The exact timepoint, where the backend counts branches exactly.
     /// Computed on demand (reading registers costs a round trip on KVM).
     pub fn timepoint(&self) -> Option<Timepoint> {
@@ -118,6 +160,13 @@ pub trait Environment: Send {
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), EnvError>;
     /// The time-stamp counter (RDTSC, RDTSCP, RDMSR of IA32_TSC).
     fn tsc(&mut self) -> Result<u64, EnvError>;
+    /// The time-stamp counter for a given instruction: what the machine
+    /// calls. Recorders override it to tell RDTSCP (its own record type)
+    /// from RDTSC; the default is [`Environment::tsc`].
+    fn tsc_for(&mut self, read: TscRead) -> Result<u64, EnvError> {
+        let _ = read;
+        self.tsc()
+    }
     /// RDRAND/RDSEED of `size` bytes: a value, or `None` for CF = 0.
     fn random(&mut self, kind: RandomKind, size: u8) -> Result<Option<u64>, EnvError>;
     /// The next asynchronous input to deliver now, if any. The machine calls
@@ -140,6 +189,22 @@ pub trait Environment: Send {
     /// timepoint (the resulting PMI/MTF exits bring the machine back to
     /// `next_async`). Live environments do nothing.
     fn prepare_entry(&mut self, _vcpu: &mut dyn Vcpu) -> Result<(), EnvError> {
+        Ok(())
+    }
+    /// Run the vCPU to its next exit (right after [`Environment::prepare_entry`]).
+    /// A replayer overrides it to land on the next recorded timepoint with
+    /// the PMU driver's landing algorithm, handing back the exits met on
+    /// the way and returning `None` once the vCPU stands exactly there; the
+    /// machine then offers asynchronous inputs at that point.
+    fn run_vcpu(&mut self, vcpu: &mut dyn Vcpu) -> Result<Option<VmExit>, EnvError> {
+        Ok(Some(vcpu.run()?))
+    }
+    /// An instruction exit has just been answered: a deterministic point,
+    /// where recorders write state checks and digests and replayers compare
+    /// them. `retired`: the instruction's results are visible (false while
+    /// an MMIO access or a string I/O element waits for the next run to
+    /// retire).
+    fn exit_completed(&mut self, _vcpu: &mut dyn Vcpu, _retired: bool) -> Result<(), EnvError> {
         Ok(())
     }
 }
@@ -210,6 +275,11 @@ impl<E: Environment, F: FnMut(&Input) + Send> Environment for Tap<E, F> {
         (self.observe)(&Input::Tsc(v));
         Ok(v)
     }
+    fn tsc_for(&mut self, read: TscRead) -> Result<u64, EnvError> {
+        let v = self.inner.tsc_for(read)?;
+        (self.observe)(&Input::Tsc(v));
+        Ok(v)
+    }
     fn random(&mut self, kind: RandomKind, size: u8) -> Result<Option<u64>, EnvError> {
         let v = self.inner.random(kind, size)?;
         (self.observe)(&Input::Random(kind, v));
@@ -236,5 +306,11 @@ impl<E: Environment, F: FnMut(&Input) + Send> Environment for Tap<E, F> {
     }
     fn prepare_entry(&mut self, vcpu: &mut dyn Vcpu) -> Result<(), EnvError> {
         self.inner.prepare_entry(vcpu)
+    }
+    fn run_vcpu(&mut self, vcpu: &mut dyn Vcpu) -> Result<Option<VmExit>, EnvError> {
+        self.inner.run_vcpu(vcpu)
+    }
+    fn exit_completed(&mut self, vcpu: &mut dyn Vcpu, retired: bool) -> Result<(), EnvError> {
+        self.inner.exit_completed(vcpu, retired)
     }
 }

@@ -23,13 +23,19 @@
 //! * [`loader`]: the PVH ELF loader and `hvm_start_info`.
 //! * [`fuzzing`]: entry points the fuzz targets and seeded tests share.
 
+pub mod component;
 pub mod devices;
+pub mod digest;
 pub mod env;
 pub mod fuzzing;
 pub mod live;
 pub mod loader;
 pub mod machine;
+pub mod record;
+pub mod replay;
 
-pub use env::{AsyncInput, AsyncPoint, EnvError, Environment, Idle, Input, RandomKind, Tap};
+pub use env::{
+    AsyncInput, AsyncPoint, EnvError, Environment, Idle, Input, RandomKind, Tap, TscRead,
+};
 pub use live::{InputFeed, LiveConfig, LiveEnvironment};
 pub use machine::{Machine, MachineConfig, MachineError, RunLimits, RunOutcome, StopReason};

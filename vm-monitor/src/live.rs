@@ -161,6 +161,9 @@ pub struct LiveEnvironment {
     rx_credit: u64,
     rx_credit_at: u64,
     rng: rand::rngs::StdRng,
+    /// Serial input moved into the UART since the last
+    /// [`LiveEnvironment::take_serial_arrivals`], when a recorder asked.
+    arrivals: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for LiveEnvironment {
@@ -193,6 +196,20 @@ impl LiveEnvironment {
             rx_credit: RX_BURST,
             rx_credit_at: 0,
             rng: rand::rngs::StdRng::from_os_rng(),
+            arrivals: None,
+        }
+    }
+
+    /// From now on keep the serial input bytes as they reach the UART, for
+    /// [`LiveEnvironment::take_serial_arrivals`].
+    pub fn keep_serial_arrivals(&mut self) {
+        self.arrivals.get_or_insert_with(Vec::new);
+    }
+
+    /// Move the serial input that reached the UART since the last call into `out`.
+    pub fn take_serial_arrivals(&mut self, out: &mut Vec<u8>) {
+        if let Some(a) = &mut self.arrivals {
+            out.append(a);
         }
     }
 
@@ -234,6 +251,9 @@ impl LiveEnvironment {
             if room > 0 {
                 let bytes = feed.take(room);
                 let n = self.uart.receive(&bytes);
+                if let Some(a) = &mut self.arrivals {
+                    a.extend_from_slice(&bytes[..n]);
+                }
                 if n < bytes.len() {
                     feed.unget(&bytes[n..]);
                 }

@@ -12,7 +12,7 @@ use vcpu::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::env::{AsyncInput, AsyncPoint, EnvError, Environment, Idle, RandomKind};
+use crate::env::{AsyncInput, AsyncPoint, EnvError, Environment, Idle, RandomKind, TscRead};
 use crate::loader::{self, LoadError, START_INFO_ADDR};
 
 /// The isa-debug-exit port (as QEMU's `-device isa-debug-exit,iobase=0xf4`).
@@ -209,6 +209,7 @@ impl Machine {
         let img = loader::parse(elf)?;
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), cfg.ram as usize)])
             .map_err(|e| MachineError::Memory(e.to_string()))?;
+        advise_huge_pages(&mem);
         loader::load(&mem, cfg.ram, elf, &img)?;
         loader::write_start_info(&mem, cfg.ram, &cfg.cmdline)?;
         Ok(Machine {
@@ -322,6 +323,7 @@ impl Machine {
             interrupts: 0,
             window: vcpu.controls().interrupt_window_exiting,
             at_deterministic_point: true,
+            mid_instruction: false,
         };
         let stop = loop {
             if let Some(stop) = self.step(vcpu, env, &mut st, &timer, wall_end, limits)? {
@@ -399,7 +401,11 @@ impl Machine {
                 return Ok(Some(StopReason::ExitLimit(max)));
             }
         }
-        let may_deliver = st.at_deterministic_point || !limits.exit_synchronous;
+        // Not while an MMIO access or string I/O element waits to retire:
+        // that point has the same timepoint as the instruction's start, so
+        // a replay could not tell the two apart.
+        let may_deliver =
+            (st.at_deterministic_point || !limits.exit_synchronous) && !st.mid_instruction;
         let injected = may_deliver && self.deliver_async(vcpu, env, st)?;
         let waiting = may_deliver && !injected && env.interrupt_waiting()?;
         Self::set_window(vcpu, st, waiting)?;
@@ -410,9 +416,15 @@ impl Machine {
         timer.set(deadline);
         env.prepare_entry(vcpu)?;
 
-        let exit = vcpu.run()?;
+        let Some(exit) = env.run_vcpu(vcpu)? else {
+            // A replayer landed on a recorded timepoint: offer its inputs.
+            st.at_deterministic_point = false;
+            st.mid_instruction = false;
+            return Ok(None);
+        };
         st.exits += 1;
         st.at_deterministic_point = exit.reason.needs_completion();
+        st.mid_instruction = false;
         let completion = match (&exit.reason, &exit.info) {
             (ExitReason::IoInstruction, ExitInfo::Io { qual, out_value }) => {
                 let size = qual.size;
@@ -429,6 +441,7 @@ impl Machine {
                         let v = out_value.unwrap_or(0);
                         if qual.port == DEBUG_EXIT_PORT {
                             vcpu.complete(Completion::Retire)?;
+                            env.exit_completed(vcpu, true)?;
                             let mask = if size >= 4 {
                                 u32::MAX
                             } else {
@@ -470,9 +483,9 @@ impl Machine {
                 let [eax, ebx, ecx, edx] = self.cpuid.lookup(*leaf, *subleaf);
                 Completion::Cpuid { eax, ebx, ecx, edx }
             }
-            (ExitReason::Rdtsc, _) => Completion::Rdtsc(env.tsc()?),
+            (ExitReason::Rdtsc, _) => Completion::Rdtsc(env.tsc_for(TscRead::Rdtsc)?),
             (ExitReason::Rdtscp, _) => Completion::Rdtscp {
-                tsc: env.tsc()?,
+                tsc: env.tsc_for(TscRead::Rdtscp)?,
                 aux: 0,
             },
             (ExitReason::Rdrand | ExitReason::Rdseed, info) => {
@@ -494,7 +507,7 @@ impl Machine {
                 }
             }
             (ExitReason::Rdmsr, ExitInfo::Rdmsr { index }) if *index == MSR_TSC => {
-                Completion::Rdmsr(env.tsc()?)
+                Completion::Rdmsr(env.tsc_for(TscRead::Rdmsr)?)
             }
             // The monitor implements no other MSRs: the backend handles the
             // architectural ones; whatever reaches us faults as on a CPU
@@ -502,6 +515,7 @@ impl Machine {
             (ExitReason::Rdmsr | ExitReason::Wrmsr, _) => Completion::Fault(Exception::GP0),
             (ExitReason::Hlt, _) => {
                 vcpu.complete(Completion::Retire)?;
+                env.exit_completed(vcpu, true)?;
                 return self.halted(vcpu, env, st, wall_end, limits);
             }
             (ExitReason::TripleFault, _) => {
@@ -522,7 +536,15 @@ impl Machine {
                 }));
             }
         };
+        // MMIO accesses and string I/O elements retire on the next run.
+        let retired = match &exit.info {
+            ExitInfo::Mmio { .. } => false,
+            ExitInfo::Io { qual, .. } => !qual.string,
+            _ => true,
+        };
         vcpu.complete(completion)?;
+        st.mid_instruction = !retired;
+        env.exit_completed(vcpu, retired)?;
         Ok(None)
     }
 
@@ -567,6 +589,24 @@ struct RunState {
     window: bool,
     /// The last exit was an instruction exit (or none happened yet).
     at_deterministic_point: bool,
+    /// The last exit's instruction has not retired yet (MMIO, string I/O).
+    mid_instruction: bool,
+}
+
+/// Ask the host to back guest RAM with transparent huge pages: fewer page
+/// faults and TLB misses, and a digest's scan of never-written memory reads
+/// the one huge zero page instead of faulting in 4 KiB zero pages one by one.
+/// Advice only: where the host refuses, nothing changes.
+fn advise_huge_pages(mem: &GuestMemoryMmap) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for r in mem.iter() {
+        // SAFETY: the range is exactly one mapping owned by `mem`, which
+        // outlives the call; MADV_HUGEPAGE changes no contents and no
+        // permissions, only how the kernel backs the pages.
+        unsafe {
+            libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_HUGEPAGE);
+        }
+    }
 }
 
 /// A thread that kicks the vCPU when the environment's next deadline passes,

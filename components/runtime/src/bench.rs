@@ -140,6 +140,7 @@ impl NullLog {
                 self.sealed = true;
                 Ok(Reply::Sealed(ack(self.records)))
             }
+            Request::Create(_) => Ok(Reply::Created(ack(self.records))),
         }
     }
 }

@@ -22,8 +22,8 @@ pub use machine::{
     CounterMode, CpuidEntry, CpuidPolicy, MachineInfo, counter_mode_name, parse_counter_mode,
 };
 pub use record::{
-    Digest, DmaWrite, End, EndStatus, Interrupt, MmioBytes, MmioRead, PortIn, Rdrand, Rdseed,
-    Rdtsc, Rdtscp, Record, RecordType, SerialInput,
+    Digest, DmaWrite, End, EndStatus, Interrupt, MmioBytes, MmioRead, PageHashes, PortIn, Rdrand,
+    Rdseed, Rdtsc, Rdtscp, Record, RecordType, SerialInput, StateCheck,
 };
 
 /// A BLAKE3 hash (of a guest image, a disk image, guest memory).

@@ -119,6 +119,33 @@ pub struct Digest {
     pub retired: RetiredCounts,
 }
 
+/// The per-page hashes of guest memory that changed since the previous
+/// digest, written right after each [`Digest`]: with them a replay whose
+/// memory hash differs names the first differing page instead of only
+/// saying that memory differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageHashes {
+    /// `(page number, hash)` for each 4 KiB page whose hash changed since the
+    /// previous digest (all pages start as zero pages), in ascending page
+    /// order. The hash is the first 8 bytes of the page's BLAKE3 (little
+    /// endian), with 0 reserved for an all-zero page.
+    pub pages: Vec<(u64, u64)>,
+}
+
+/// A cheap check of the vCPU's state, written after each exit that consumed
+/// inputs: a replay compares it at the same exit and so notices a wrong
+/// input right after it is used, not only at the next [`Digest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCheck {
+    /// The first 8 bytes (little endian) of the BLAKE3 of the registers (the
+    /// [`vcpu::Regs`] fields in declaration order, each u64 little endian),
+    /// the retired instruction and branch counts (u64 little endian each;
+    /// both 0 where the backend does not count exactly), then for each 4 KiB
+    /// page that DMA wrote since the previous check, in ascending order, its
+    /// page number (u64 little endian) and its contents at this point.
+    pub hash: u64,
+}
+
 /// How a recording ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EndStatus {
@@ -263,6 +290,10 @@ records! {
     Digest = 10, "digest";
     /// End of recording.
     End = 11, "end";
+    /// Per-page memory hashes that changed since the previous digest.
+    PageHashes = 12, "page-hashes";
+    /// A hash of the vCPU's registers and retired counts.
+    StateCheck = 13, "state-check";
 }
 
 fn decode_exact<'a, T: Deserialize<'a>>(
@@ -375,6 +406,11 @@ mod tests {
                 at: None,
             }
             .into(),
+            PageHashes {
+                pages: vec![(0, 1), (0x7fff, u64::MAX)],
+            }
+            .into(),
+            StateCheck { hash: 0x1234 }.into(),
         ]
     }
 
@@ -407,10 +443,12 @@ mod tests {
                 (8, "dma-write"),
                 (9, "serial-input"),
                 (10, "digest"),
-                (11, "end")
+                (11, "end"),
+                (12, "page-hashes"),
+                (13, "state-check")
             ]
         );
-        assert_eq!(RecordType::MAX_ID, 11);
+        assert_eq!(RecordType::MAX_ID, 13);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! was wrong; `--json` output ends with one JSON object on its last line.
 
 mod cmd;
+mod components;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,12 @@ enum Command {
     Version,
     /// Boot a guest live: serial on stdout, exit with its isa-debug-exit status.
     Run(cmd::run::RunArgs),
+    /// Record a guest into a log (monitor and log store in sandboxed processes).
+    Record(cmd::record::RecordArgs),
+    /// Replay a log instruction-exactly, checking every record; exits non-zero on divergence.
+    Replay(cmd::replay::ReplayArgs),
+    /// Record and replay the bundled `timer` guest and show both outputs and the verdict.
+    Demo(cmd::demo::DemoArgs),
     /// Benchmarks, each printed beside its baseline.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -41,11 +48,35 @@ enum Command {
     },
 }
 
+/// The components this binary can run as domains of `system.toml`.
+pub fn registry() -> motion_runtime::Registry {
+    let mut r = motion_runtime::Registry::new();
+    r.register("log-store", log_store::service::component_entry)
+        .register("vm-monitor", vm_monitor::component::component_entry)
+        .register("replay-controller", replay_controller::component_entry)
+        .register("pmu-driver", components::pmu_driver_entry);
+    r
+}
+
 fn main() -> ExitCode {
+    // A domain process is this executable started again: it runs its
+    // components and exits here, before anything else happens.
+    if let Some(code) = motion_runtime::run_domain_if_requested(&registry()) {
+        return code;
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: nothing else runs yet (no thread has been started), so
+        // nobody reads the environment concurrently. Domain processes inherit
+        // it: their routine `info` logs stay quiet unless RUST_LOG asks.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => cmd::version::run(),
         Command::Run(args) => cmd::run::run(args),
+        Command::Record(args) => cmd::record::run(args),
+        Command::Replay(args) => cmd::replay::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Log(c) => cmd::log::run(c),
         Command::System(c) => cmd::system::run(c),

@@ -2,7 +2,7 @@
 
 use motion_ipc::{Client, IpcError, MAX_PAYLOAD_SIZE};
 
-use crate::{Ack, LogAppend, LogAppendError, Record, Reply, Request};
+use crate::{Ack, CreateLog, LogAppend, LogAppendError, Record, Reply, Request};
 
 /// Postcard bytes of an `Append` request around its records (variant index,
 /// sequence length), rounded up.
@@ -144,6 +144,36 @@ impl Appender {
         }
         sent?;
         Ok(())
+    }
+
+    /// Open the recording (the first thing on a session): create the log
+    /// `create` names, with its machine description in the header.
+    pub fn create(&mut self, create: CreateLog) -> Result<Ack, AppendError> {
+        self.settle()?;
+        match self.client.call(&Request::Create(Box::new(create)))?? {
+            Reply::Created(ack) => {
+                self.ack = ack;
+                Ok(ack)
+            }
+            other => Err(AppendError::UnexpectedReply(Box::new(other))),
+        }
+    }
+
+    /// Take the acknowledgements that have already arrived, without waiting
+    /// (a producer that wants its durable count to move between batches).
+    pub fn collect_ready(&mut self) -> Result<Ack, AppendError> {
+        while self.client.in_flight() > 0 {
+            match self.client.recv_timeout(std::time::Duration::ZERO) {
+                Ok((_, reply)) => {
+                    let ack = reply?.ack();
+                    self.ack.accepted = self.ack.accepted.max(ack.accepted);
+                    self.ack.durable = self.ack.durable.max(ack.durable);
+                }
+                Err(IpcError::Timeout { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.ack)
     }
 
     /// Send what is pending, collect every acknowledgement, then ask the

@@ -14,10 +14,13 @@
 mod appender;
 
 use motion_ipc::Interface;
+use motion_records::MachineInfo;
+use motion_records::session::DurabilityRequest;
 use serde::{Deserialize, Serialize};
 use vcpu::Timepoint;
 
 pub use appender::{AppendError, Appender, BatchLimits};
+pub use motion_records::session::DurabilityRequest as Durability;
 
 /// The `LogAppend` interface.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +70,25 @@ pub enum Request {
     /// Flush, then close the log for good: write the trailer (chain head and
     /// counts). Appends after this are refused.
     Seal,
+    /// Open a recording: create the named log with this machine description
+    /// in its header (or resume an unsealed one). The first request of a
+    /// session; the older way is a `Begin` record (type id 0) at the head of
+    /// the first batch.
+    Create(Box<CreateLog>),
+}
+
+/// What [`Request::Create`] opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateLog {
+    /// The log's file name in the store's log directory (a plain name).
+    pub log: String,
+    /// The machine description for the header.
+    pub machine: MachineInfo,
+    /// When appended records become durable.
+    pub durability: DurabilityRequest,
+    /// If the log exists unsealed (the store restarted mid-recording),
+    /// recover it and continue; otherwise an existing log is an error.
+    pub resume: bool,
 }
 
 /// Cumulative counts since the log was opened for this writer.
@@ -88,13 +110,16 @@ pub enum Reply {
     Flushed(Ack),
     /// The log is sealed; no further appends.
     Sealed(Ack),
+    /// The log is open for appends (after [`Request::Create`]); the counts
+    /// are those of the log (non-zero when resumed).
+    Created(Ack),
 }
 
 impl Reply {
     /// The acknowledgement every reply carries.
     pub fn ack(&self) -> Ack {
         match self {
-            Reply::Appended(a) | Reply::Flushed(a) | Reply::Sealed(a) => *a,
+            Reply::Appended(a) | Reply::Flushed(a) | Reply::Sealed(a) | Reply::Created(a) => *a,
         }
     }
 }

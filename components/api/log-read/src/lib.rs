@@ -8,6 +8,7 @@
 //! (postcard encodes the variant index).
 
 use motion_ipc::Interface;
+use motion_records::MachineInfo;
 use serde::{Deserialize, Serialize};
 use vcpu::Timepoint;
 
@@ -83,6 +84,9 @@ pub struct LogHeader {
     pub disk_image_hash: Option<[u8; 32]>,
     /// The CPUID policy the guest saw, by name.
     pub cpuid_policy: String,
+    /// The whole machine description (what a replay needs to rebuild the
+    /// machine: the CPUID policy itself, the counter mode, the guest's name).
+    pub machine: Box<MachineInfo>,
 }
 
 /// The result of [`Request::Verify`].

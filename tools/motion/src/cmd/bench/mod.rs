@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod log;
+pub mod record;
 pub mod tcg;
 
 use std::process::ExitCode;
@@ -16,6 +17,8 @@ pub enum BenchCmd {
     Cpu(cpu::CpuArgs),
     /// Log-store append throughput and bytes per record.
     Log(log::LogBenchArgs),
+    /// A guest live, recorded and replayed: wall times, ratios, log size.
+    Record(record::RecordBenchArgs),
 }
 
 /// Run a `motion bench` subcommand.
@@ -23,5 +26,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Cpu(a) => cpu::run(a),
         BenchCmd::Log(args) => log::run(args),
+        BenchCmd::Record(args) => record::run(args),
     }
 }

@@ -59,6 +59,7 @@ pub fn serve(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
                     }
                     Request::Flush => Reply::Flushed(ack(n)),
                     Request::Seal => Reply::Sealed(ack(n)),
+                    Request::Create(_) => Reply::Created(ack(n)),
                 })
             })?;
         }

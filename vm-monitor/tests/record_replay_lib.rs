@@ -1,0 +1,411 @@
+//! Record a bundled guest live and replay its records in this process, on
+//! the soft vCPU: same serial output, every check and digest matching.
+
+use std::sync::{Arc, Mutex};
+
+use motion_records::Record;
+use vcpu::{CounterMode, Vcpu};
+use vcpu_soft::SoftVcpu;
+use vm_monitor::record::{RecordOptions, RecordingEnv};
+use vm_monitor::replay::{ReplayEnd, ReplayEnv, ReplayOptions, VecSource};
+use vm_monitor::{InputFeed, LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits};
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn record(guest: &str, input: Option<&[u8]>, digest_every: u64) -> (Vec<Record>, Vec<u8>) {
+    let elf = guest_images::bytes(guest).unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = SoftVcpu::new(machine.memory().clone());
+    let controls = vcpu.default_controls();
+    machine.reset_vcpu(&mut vcpu, controls).unwrap();
+    let out = Shared::default();
+    let mut live = LiveEnvironment::new(
+        machine.memory().clone(),
+        LiveConfig {
+            serial_out: Box::new(out.clone()),
+            input: input.map(InputFeed::from_bytes),
+            disk: None,
+        },
+    );
+    live.keep_serial_arrivals();
+    let mut env = RecordingEnv::new(
+        live,
+        Vec::new(),
+        machine.memory().clone(),
+        machine.ram_size(),
+        RecordOptions {
+            digest_every,
+            vcpu_index: 0,
+        },
+    );
+    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
+    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+    result.unwrap();
+    let bytes = out.0.lock().unwrap().clone();
+    (records, bytes)
+}
+
+fn replay(guest: &str, records: Vec<Record>, skid: u64) -> (ReplayEnd, Vec<u8>) {
+    let elf = guest_images::bytes(guest).unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = SoftVcpu::new(machine.memory().clone());
+    vcpu.set_host_pmi_skid(skid);
+    let controls = vcpu.default_controls();
+    machine.reset_vcpu(&mut vcpu, controls).unwrap();
+    let out = Shared::default();
+    let mut env = ReplayEnv::new(
+        VecSource::new(records),
+        machine.memory().clone(),
+        machine.ram_size(),
+        ReplayOptions {
+            vcpu_index: 0,
+            mode: CounterMode::Exact,
+            margin: skid,
+        },
+        Box::new(out.clone()),
+    );
+    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
+    let end = env.finish(&vcpu, result).unwrap();
+    let bytes = out.0.lock().unwrap().clone();
+    (end, bytes)
+}
+
+#[test]
+fn timer_replays_exactly() {
+    let (records, out) = record("timer", None, 200);
+    let interrupts = records
+        .iter()
+        .filter(|r| matches!(r, Record::Interrupt(_)))
+        .count();
+    assert!(interrupts >= 25, "{interrupts} interrupts");
+    let (end, replayed) = replay("timer", records.clone(), 0);
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&replayed),
+        String::from_utf8_lossy(&out)
+    );
+    let (end, replayed) = replay("timer", records, 64);
+    assert!(
+        matches!(end, ReplayEnd::Verified { .. }),
+        "skid 64: {end:?}"
+    );
+    assert_eq!(replayed, out);
+}
+
+#[test]
+fn serial_echo_replays_exactly() {
+    let (records, out) = record("serial-echo", Some(b"hello\nworld\nquit\n"), 50);
+    let (end, replayed) = replay("serial-echo", records, 0);
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+    assert_eq!(replayed, out);
+}
+
+#[test]
+fn altered_records_diverge_at_or_right_after_them() {
+    let (records, _) = record("timer", None, 200);
+    let mut tried = 0;
+    for (i, r) in records.iter().enumerate() {
+        let mut bad = r.clone();
+        match &mut bad {
+            Record::PortIn(p) => p.value ^= 1,
+            Record::Interrupt(x) if i % 3 == 0 => x.at.branches -= 1,
+            Record::Interrupt(x) => x.vector ^= 1,
+            _ => continue,
+        }
+        tried += 1;
+        if tried > 12 {
+            break;
+        }
+        let mut log = records.clone();
+        log[i] = bad;
+        let (end, _) = replay("timer", log, 0);
+        match end {
+            ReplayEnd::Diverged(d) => {
+                assert!(
+                    d.record >= i as u64 && d.record <= i as u64 + 3,
+                    "record {i} altered, divergence at {}: {}",
+                    d.record,
+                    d.what
+                );
+                assert!(
+                    d.at.is_some() && d.actual_regs.is_some(),
+                    "the report says where: {d:?}"
+                );
+            }
+            other => panic!("record {i} ({r:?}) altered, replay ended {other:?}"),
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn timing_compute() {
+    let t = std::time::Instant::now();
+    let (records, out) = record("compute", None, 500);
+    let tr = t.elapsed();
+    let t = std::time::Instant::now();
+    let (end, replayed) = replay("compute", records.clone(), 0);
+    let tp = t.elapsed();
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+    assert_eq!(replayed, out);
+    eprintln!("record {tr:?} replay {tp:?} records {}", records.len());
+}
+
+/// The soft vCPU seen as a backend without exact counters (as KVM here):
+/// no retired counts, no host PMU, and the count of completed instruction
+/// exits as the clock of exit-synchronous recording.
+struct ExitSynchronous {
+    inner: SoftVcpu,
+    exits: u64,
+}
+
+impl Vcpu for ExitSynchronous {
+    fn backend(&self) -> &'static str {
+        "exit-sync-test"
+    }
+    fn run(&mut self) -> Result<vcpu::VmExit, vcpu::VcpuError> {
+        self.inner.run()
+    }
+    fn complete(&mut self, c: vcpu::Completion) -> Result<(), vcpu::VcpuError> {
+        self.exits += 1;
+        self.inner.complete(c)
+    }
+    fn regs(&self) -> Result<vcpu::Regs, vcpu::VcpuError> {
+        self.inner.regs()
+    }
+    fn set_regs(&mut self, r: &vcpu::Regs) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_regs(r)
+    }
+    fn special_regs(&self) -> Result<vcpu::SpecialRegs, vcpu::VcpuError> {
+        self.inner.special_regs()
+    }
+    fn set_special_regs(&mut self, s: &vcpu::SpecialRegs) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_special_regs(s)
+    }
+    fn fpu(&self) -> Result<vcpu::FpuState, vcpu::VcpuError> {
+        self.inner.fpu()
+    }
+    fn set_fpu(&mut self, f: &vcpu::FpuState) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_fpu(f)
+    }
+    fn msr(&mut self, i: u32) -> Result<u64, vcpu::VcpuError> {
+        self.inner.msr(i)
+    }
+    fn set_msr(&mut self, i: u32, v: u64) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_msr(i, v)
+    }
+    fn controls(&self) -> &vcpu::ExecControls {
+        self.inner.controls()
+    }
+    fn set_controls(&mut self, c: vcpu::ExecControls) -> Result<(), vcpu::VcpuError> {
+        self.inner.set_controls(c)
+    }
+    fn interruptible(&self) -> Result<bool, vcpu::VcpuError> {
+        self.inner.interruptible()
+    }
+    fn inject(&mut self, e: vcpu::Event) -> Result<(), vcpu::VcpuError> {
+        self.inner.inject(e)
+    }
+    fn kicker(&self) -> Arc<dyn vcpu::Kicker> {
+        self.inner.kicker()
+    }
+    fn retired(&self) -> Option<vcpu::RetiredCounts> {
+        None
+    }
+    fn host_pmu(&mut self) -> Option<&mut dyn vcpu::PmuBank> {
+        None
+    }
+    fn deterministic_exits(&self) -> Option<u64> {
+        Some(self.exits)
+    }
+    fn host_wrote_memory(&mut self, gpa: u64, len: u64) {
+        self.inner.host_wrote_memory(gpa, len)
+    }
+}
+
+fn exit_sync_vcpu(machine: &Machine) -> ExitSynchronous {
+    let mut v = ExitSynchronous {
+        inner: SoftVcpu::new(machine.memory().clone()),
+        exits: 0,
+    };
+    let c = v.default_controls();
+    machine.reset_vcpu(&mut v, c).unwrap();
+    v
+}
+
+/// Exit-synchronous mode (what the kvm backend records in here): inputs
+/// are delivered only right after instruction exits and timed by the exit
+/// count; replay delivers them at the same count, without landing.
+#[test]
+fn exit_synchronous_recordings_replay_exactly() {
+    for (guest, input) in [
+        (
+            "serial-echo",
+            Some(&b"one\ntwo two\nthree three three\nquit\n"[..]),
+        ),
+        ("entropy", None),
+    ] {
+        let elf = guest_images::bytes(guest).unwrap();
+        let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+        let mut vcpu = exit_sync_vcpu(&machine);
+        assert_eq!(CounterMode::of(&vcpu), Some(CounterMode::ExitSynchronous));
+        let out = Shared::default();
+        let live = LiveEnvironment::new(
+            machine.memory().clone(),
+            LiveConfig {
+                serial_out: Box::new(out.clone()),
+                input: input.map(InputFeed::from_bytes),
+                disk: None,
+            },
+        );
+        let mut env = RecordingEnv::new(
+            live,
+            Vec::new(),
+            machine.memory().clone(),
+            machine.ram_size(),
+            RecordOptions {
+                digest_every: 20,
+                vcpu_index: 0,
+            },
+        );
+        let limits = RunLimits {
+            exit_synchronous: true,
+            ..RunLimits::default()
+        };
+        let result = machine.run(&mut vcpu, &mut env, &limits);
+        let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+        result.unwrap();
+        let recorded = out.0.lock().unwrap().clone();
+
+        let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+        let mut vcpu = exit_sync_vcpu(&machine);
+        let replayed = Shared::default();
+        let mut env = ReplayEnv::new(
+            VecSource::new(records),
+            machine.memory().clone(),
+            machine.ram_size(),
+            ReplayOptions {
+                vcpu_index: 0,
+                mode: CounterMode::ExitSynchronous,
+                margin: 0,
+            },
+            Box::new(replayed.clone()),
+        );
+        let result = machine.run(&mut vcpu, &mut env, &limits);
+        let end = env.finish(&vcpu, result).unwrap();
+        assert!(
+            matches!(end, ReplayEnd::Verified { .. }),
+            "{guest}: {end:?}"
+        );
+        assert_eq!(*replayed.0.lock().unwrap(), recorded, "{guest}");
+    }
+}
+
+/// Live devices plus one large DMA transfer at the start (as a guest asking
+/// for a big read would cause).
+struct BigDma {
+    inner: LiveEnvironment,
+    sent: bool,
+}
+
+impl vm_monitor::Environment for BigDma {
+    fn port_in(&mut self, p: u16, s: u8) -> Result<u32, vm_monitor::EnvError> {
+        self.inner.port_in(p, s)
+    }
+    fn port_out(&mut self, p: u16, s: u8, v: u32) -> Result<(), vm_monitor::EnvError> {
+        self.inner.port_out(p, s, v)
+    }
+    fn mmio_read(&mut self, g: u64, s: u8) -> Result<[u8; 16], vm_monitor::EnvError> {
+        self.inner.mmio_read(g, s)
+    }
+    fn mmio_write(&mut self, g: u64, d: &[u8]) -> Result<(), vm_monitor::EnvError> {
+        self.inner.mmio_write(g, d)
+    }
+    fn tsc(&mut self) -> Result<u64, vm_monitor::EnvError> {
+        self.inner.tsc()
+    }
+    fn random(
+        &mut self,
+        k: vm_monitor::RandomKind,
+        s: u8,
+    ) -> Result<Option<u64>, vm_monitor::EnvError> {
+        self.inner.random(k, s)
+    }
+    fn next_async(
+        &mut self,
+        at: &vm_monitor::AsyncPoint<'_>,
+    ) -> Result<Option<vm_monitor::AsyncInput>, vm_monitor::EnvError> {
+        if !std::mem::replace(&mut self.sent, true) {
+            let data = (0..200 * 1024).map(|i| (i * 7 + 1) as u8).collect();
+            return Ok(Some(vm_monitor::AsyncInput::DmaWrite {
+                gpa: 0x40_0000,
+                data,
+            }));
+        }
+        self.inner.next_async(at)
+    }
+    fn interrupt_waiting(&mut self) -> Result<bool, vm_monitor::EnvError> {
+        self.inner.interrupt_waiting()
+    }
+    fn idle(
+        &mut self,
+        l: Option<std::time::Instant>,
+    ) -> Result<vm_monitor::Idle, vm_monitor::EnvError> {
+        self.inner.idle(l)
+    }
+    fn next_deadline(&mut self) -> Option<std::time::Instant> {
+        self.inner.next_deadline()
+    }
+}
+
+impl vm_monitor::record::Recordable for BigDma {}
+
+#[test]
+fn large_dma_transfers_are_split_and_replay() {
+    let elf = guest_images::bytes("hello").unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = SoftVcpu::new(machine.memory().clone());
+    let c = vcpu.default_controls();
+    machine.reset_vcpu(&mut vcpu, c).unwrap();
+    let live = LiveEnvironment::new(
+        machine.memory().clone(),
+        LiveConfig {
+            serial_out: Box::new(std::io::sink()),
+            input: None,
+            disk: None,
+        },
+    );
+    let mut env = RecordingEnv::new(
+        BigDma {
+            inner: live,
+            sent: false,
+        },
+        Vec::new(),
+        machine.memory().clone(),
+        machine.ram_size(),
+        RecordOptions::default(),
+    );
+    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
+    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+    let dma: Vec<usize> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::DmaWrite(d) => Some(d.bytes.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dma, [65536, 65536, 65536, 8192], "split at 64 KiB");
+    let (end, _) = replay("hello", records, 0);
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+}
