@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use motion_records::Record;
-use vcpu::{CounterMode, Vcpu};
+use vcpu::{CounterMode, ExitClocked, Vcpu};
 use vcpu_soft::SoftVcpu;
 use vm_monitor::record::{RecordOptions, RecordingEnv};
 use vm_monitor::replay::{ReplayEnd, ReplayEnv, ReplayOptions, VecSource};
@@ -163,82 +163,9 @@ fn timing_compute() {
 }
 
 /// The soft vCPU seen as a backend without exact counters (as KVM here):
-/// no retired counts, no host PMU, and the count of completed instruction
-/// exits as the clock of exit-synchronous recording.
-struct ExitSynchronous {
-    inner: SoftVcpu,
-    exits: u64,
-}
-
-impl Vcpu for ExitSynchronous {
-    fn backend(&self) -> &'static str {
-        "exit-sync-test"
-    }
-    fn run(&mut self) -> Result<vcpu::VmExit, vcpu::VcpuError> {
-        self.inner.run()
-    }
-    fn complete(&mut self, c: vcpu::Completion) -> Result<(), vcpu::VcpuError> {
-        self.exits += 1;
-        self.inner.complete(c)
-    }
-    fn regs(&self) -> Result<vcpu::Regs, vcpu::VcpuError> {
-        self.inner.regs()
-    }
-    fn set_regs(&mut self, r: &vcpu::Regs) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_regs(r)
-    }
-    fn special_regs(&self) -> Result<vcpu::SpecialRegs, vcpu::VcpuError> {
-        self.inner.special_regs()
-    }
-    fn set_special_regs(&mut self, s: &vcpu::SpecialRegs) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_special_regs(s)
-    }
-    fn fpu(&self) -> Result<vcpu::FpuState, vcpu::VcpuError> {
-        self.inner.fpu()
-    }
-    fn set_fpu(&mut self, f: &vcpu::FpuState) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_fpu(f)
-    }
-    fn msr(&mut self, i: u32) -> Result<u64, vcpu::VcpuError> {
-        self.inner.msr(i)
-    }
-    fn set_msr(&mut self, i: u32, v: u64) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_msr(i, v)
-    }
-    fn controls(&self) -> &vcpu::ExecControls {
-        self.inner.controls()
-    }
-    fn set_controls(&mut self, c: vcpu::ExecControls) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_controls(c)
-    }
-    fn interruptible(&self) -> Result<bool, vcpu::VcpuError> {
-        self.inner.interruptible()
-    }
-    fn inject(&mut self, e: vcpu::Event) -> Result<(), vcpu::VcpuError> {
-        self.inner.inject(e)
-    }
-    fn kicker(&self) -> Arc<dyn vcpu::Kicker> {
-        self.inner.kicker()
-    }
-    fn retired(&self) -> Option<vcpu::RetiredCounts> {
-        None
-    }
-    fn host_pmu(&mut self) -> Option<&mut dyn vcpu::PmuBank> {
-        None
-    }
-    fn deterministic_exits(&self) -> Option<u64> {
-        Some(self.exits)
-    }
-    fn host_wrote_memory(&mut self, gpa: u64, len: u64) {
-        self.inner.host_wrote_memory(gpa, len)
-    }
-}
-
-fn exit_sync_vcpu(machine: &Machine) -> ExitSynchronous {
-    let mut v = ExitSynchronous {
-        inner: SoftVcpu::new(machine.memory().clone()),
-        exits: 0,
-    };
+/// no retired counts, no host PMU, the exit clock of `ExitClocked`.
+fn exit_sync_vcpu(machine: &Machine) -> ExitClocked<SoftVcpu> {
+    let mut v = ExitClocked::new(SoftVcpu::new(machine.memory().clone()));
     let c = v.default_controls();
     machine.reset_vcpu(&mut v, c).unwrap();
     v
