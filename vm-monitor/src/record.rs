@@ -120,6 +120,7 @@ pub struct RecordingEnv<E, S> {
     arrivals: Vec<u8>,
     stats: RecordStats,
     instructions: Arc<AtomicU64>,
+    exits: Arc<AtomicU64>,
     dma_pages: digest::DmaPages,
 }
 
@@ -142,6 +143,7 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
             arrivals: Vec::new(),
             stats: RecordStats::default(),
             instructions: Arc::new(AtomicU64::new(0)),
+            exits: Arc::new(AtomicU64::new(0)),
             dma_pages: digest::DmaPages::default(),
         }
     }
@@ -150,6 +152,13 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
     /// other threads (progress displays).
     pub fn instructions(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.instructions)
+    }
+
+    /// The exit clock at the last completed exit (exit-synchronous
+    /// recordings; stays 0 on backends with exact counters), readable from
+    /// other threads.
+    pub fn exits(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.exits)
     }
 
     /// Set this flag (then kick the vCPU) to stop the recording at the next
@@ -378,6 +387,9 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
         self.inner.exit_completed(vcpu, retired)?;
         if let Some(r) = vcpu.retired() {
             self.instructions.store(r.instructions, Ordering::Relaxed);
+        }
+        if let Some(n) = vcpu.deterministic_exits() {
+            self.exits.store(n, Ordering::Relaxed);
         }
         self.flush_arrivals()?;
         if !retired {
