@@ -177,17 +177,9 @@ const EXCEPTION_NAMES: [&str; 32] = [
 ];
 
 /// Where the boot stub's exception path lands, in ring 3 on its own stack:
-/// report the exception and exit with [`crate::EXIT_EXCEPTION`]. (RDX and
-/// RCX carried SYSEXIT's target and stack.)
+/// report the exception and exit with [`crate::EXIT_EXCEPTION`].
 #[unsafe(no_mangle)]
-extern "C" fn urt_exception(
-    vector: u64,
-    error: u64,
-    _rdx: u64,
-    _rcx: u64,
-    rip: u64,
-    cr2: u64,
-) -> ! {
+extern "C" fn urt_exception(vector: u64, error: u64, rip: u64, cr2: u64) -> ! {
     crate::println!(
         "EXCEPTION {} (vector {}) at rip {:#x} error {:#x} cr2 {:#x}",
         EXCEPTION_NAMES[(vector & 31) as usize],

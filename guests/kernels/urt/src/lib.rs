@@ -6,9 +6,11 @@
 //! precompiled `core` copies structs with `movups`/`xorps`) and no INT/IRET in
 //! 64-bit mode, while ring-3 code runs natively. A guest built against `urt`
 //! keeps its ring-0 part to the PVH entry stub below (plain integer
-//! instructions the emulator has), then drops to 64-bit ring 3 with
-//! `SYSEXIT` (REX.W) — the one privilege-lowering transition that emulator
-//! implements in long mode — and never comes back.
+//! instructions the emulator has), then drops to 64-bit ring 3 with `IRETQ`
+//! and never comes back. (Measured on that KVM: IRETQ, SYSRETQ and SYSEXITQ
+//! from ring 0 to ring 3 all work, a far RET to ring 3 does not; IRETQ is
+//! the one that also works natively on both Intel and AMD hosts, where
+//! SYSEXIT is undefined in long mode on AMD.)
 //!
 //! Consequences, all visible in the API:
 //! * RFLAGS.IF stays 0 (ring 3 cannot CLI/STI/HLT with IOPL 0), so the
@@ -21,7 +23,7 @@
 //! * Port I/O from ring 3 is allowed by the TSS I/O permission bitmap (all
 //!   ports), since RFLAGS.IOPL cannot be raised on that KVM.
 //! * A CPU exception enters a small ring-0 stub (through the IDT and the
-//!   TSS's RSP0) that goes straight back to ring 3 with SYSEXIT into
+//!   TSS's RSP0) that goes straight back to ring 3 with IRETQ into
 //!   [`interrupts`]' reporter, which prints it and exits with status 2.
 //!
 //! The guest binaries are the same sources as for `rt` (the `bins-r3`
@@ -93,7 +95,7 @@ unsafe extern "Rust" {
     fn guest_main(info: &BootInfo) -> u8;
 }
 
-/// Ring-3 entry from the boot stub's SYSEXIT, on the boot stack.
+/// Ring-3 entry from the boot stub's IRETQ, on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn urt_start(start_info: u32) -> ! {
     serial::init();
@@ -117,7 +119,7 @@ pub extern "C" fn rust_eh_personality() {}
 
 // The PVH entry stub. Everything here runs in ring 0, which on the nested
 // KVM means in KVM's instruction emulator: plain integer instructions, moves
-// to control registers, LGDT/LIDT/LTR, WRMSR, a far jump and SYSEXIT only.
+// to control registers, LGDT/LIDT/LTR, RDMSR/WRMSR, a far jump and IRETQ only.
 //
 // 32-bit protected mode, paging off, EBX = physical address of
 // hvm_start_info. Builds page tables identity-mapping 4 GiB with 2 MiB pages
@@ -125,8 +127,7 @@ pub extern "C" fn rust_eh_personality() {}
 // base addresses are split across fields, which a relocation cannot
 // express), enables PAE + SSE (OSFXSR, OSXMMEXCPT), EFER.LME and paging,
 // loads GDT/IDT/TR, far-jumps to 64-bit code and leaves ring 0 for good with
-// SYSEXIT (REX.W: CS = SYSENTER_CS + 32, SS = SYSENTER_CS + 40, RIP = RDX,
-// RSP = RCX, RFLAGS unchanged, so IF stays 0).
+// IRETQ to the user code segment, RFLAGS = 2 (IF = 0, IOPL = 0).
 core::arch::global_asm!(
     r#"
     .section .note.Xen, "a"
@@ -175,12 +176,12 @@ pvh_start:
     cmp ecx, 2048
     jne 2b
 
-    /* TSS descriptor (GDT slot 0x38): limit, base 0..23, type 0x89, base 24..31 */
+    /* TSS descriptor (GDT slot 0x28): limit, base 0..23, type 0x89, base 24..31 */
     mov eax, offset urt_tss
     mov edx, eax
     shl eax, 16
     or eax, 8296                /* limit: 104 + 8192 + 1 bytes - 1 (checked below) */
-    mov dword ptr [urt_gdt + 0x38], eax
+    mov dword ptr [urt_gdt + 0x28], eax
     mov eax, edx
     shr eax, 16
     and eax, 0xff
@@ -188,7 +189,7 @@ pvh_start:
     and ecx, 0xff000000
     or eax, ecx
     or eax, 0x8900
-    mov dword ptr [urt_gdt + 0x3c], eax
+    mov dword ptr [urt_gdt + 0x2c], eax
 
     /* IDT: 32 interrupt gates (DPL 0, selector 0x08) to the exception stubs;
        ECX = 2 * vector (the gate's offset in 8-byte units) */
@@ -219,11 +220,6 @@ pvh_start:
     rdmsr
     or eax, 0x100
     wrmsr
-    /* IA32_SYSENTER_CS: kernel code; SYSEXIT derives the user selectors */
-    mov ecx, 0x174
-    mov eax, 0x08
-    xor edx, edx
-    wrmsr
     mov eax, cr0
     and eax, 0x9FFFFFFB
     or eax, 0x80000023
@@ -244,14 +240,19 @@ urt_long_entry:
     mov es, ax
     mov fs, ax
     mov gs, ax
-    mov ax, 0x38
+    mov ax, 0x28
     ltr ax
     mov edi, dword ptr [urt_boot_start_info]
     /* Ring 3 from here on: urt_start(start_info) on the boot stack, entered
-       as if called (RSP = 8 mod 16). */
-    mov rcx, offset urt_boot_stack_top - 8
-    mov rdx, offset urt_start
-    .byte 0x48, 0x0f, 0x35      /* sysexitq */
+       as if called (RSP = 8 mod 16), interrupts off. */
+    mov rax, offset urt_boot_stack_top - 8
+    push 0x1b                   /* SS: user data */
+    push rax                    /* RSP */
+    push 2                      /* RFLAGS: IF = 0, IOPL = 0 */
+    push 0x23                   /* CS: user code, 64-bit */
+    mov rax, offset urt_start
+    push rax                    /* RIP */
+    iretq
 
     /* Exception stubs, 16 bytes apart: EDI = vector, ESI = error code (0 if
        the CPU pushes none), then the common path. Entered in ring 0 on the
@@ -273,29 +274,30 @@ urt_exc_stubs:
 
     .p2align 4
 urt_exc_common:
-    /* Back to ring 3 with SYSEXIT into
-       urt_exception(vector, error, _, _, rip = R8, cr2 = R9) on its own stack. */
-    mov r8, qword ptr [rsp]
-    mov r9, cr2
-    xor eax, eax
-    mov ds, ax
-    mov es, ax
-    mov rcx, offset urt_exc_ustack_top - 8
-    mov rdx, offset urt_exception
-    .byte 0x48, 0x0f, 0x35      /* sysexitq */
+    /* Back to ring 3 with IRETQ into
+       urt_exception(vector = RDI, error = RSI, rip = RDX, cr2 = RCX) on its
+       own stack. */
+    mov rdx, qword ptr [rsp]
+    mov rcx, cr2
+    mov rax, offset urt_exc_ustack_top - 8
+    push 0x1b
+    push rax
+    push 2
+    push 0x23
+    mov rax, offset urt_exception
+    push rax
+    iretq
 
     .section .data
     .p2align 3
     .global urt_gdt
 urt_gdt:
     .quad 0
-    .quad 0x00AF9A000000FFFF    /* 0x08 kernel code, 64-bit (IA32_SYSENTER_CS) */
+    .quad 0x00AF9A000000FFFF    /* 0x08 kernel code, 64-bit */
     .quad 0x00CF92000000FFFF    /* 0x10 kernel data */
-    .quad 0                     /* 0x18 (SYSEXIT to 32-bit code: unused) */
-    .quad 0                     /* 0x20 (SYSEXIT to 32-bit code: unused) */
-    .quad 0x00AFFA000000FFFF    /* 0x28 user code, 64-bit (0x2b = SYSENTER_CS + 32) */
-    .quad 0x00CFF2000000FFFF    /* 0x30 user data (0x33 = SYSENTER_CS + 40) */
-    .quad 0                     /* 0x38 TSS, filled by the stub */
+    .quad 0x00CFF2000000FFFF    /* 0x18 user data (0x1b) */
+    .quad 0x00AFFA000000FFFF    /* 0x20 user code, 64-bit (0x23) */
+    .quad 0                     /* 0x28 TSS, filled by the stub */
     .quad 0
 urt_gdt_end:
     .p2align 3
