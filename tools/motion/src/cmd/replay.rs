@@ -200,12 +200,22 @@ fn drive(
     Ok((outcome, last, output))
 }
 
-/// The divergence report, for people.
+/// The divergence report, for people (of an exact-mode log).
 pub fn report(d: &DivergenceReport) -> String {
+    report_in(d, CounterMode::Exact)
+}
+
+/// The divergence report of a log timed in `mode`: the timepoint's count is
+/// retired branches, or the exit clock in exit-synchronous logs.
+pub fn report_in(d: &DivergenceReport, mode: CounterMode) -> String {
     let mut s = format!("divergence at record {}: {}\n", d.record, d.what);
     if let Some(t) = &d.at {
+        let count = match mode {
+            CounterMode::Exact => "branches",
+            CounterMode::ExitSynchronous => "clocked exits",
+        };
         s += &format!(
-            "  replay at: vcpu {} branches {} rip {:#x} rcx {:#x}\n",
+            "  replay at: vcpu {} {count} {} rip {:#x} rcx {:#x}\n",
             t.vcpu, t.branches, t.rip, t.rcx
         );
     }
@@ -293,7 +303,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             (ExitCode::from(EXIT_TRUNCATED), false)
         }
         Outcome::Diverged(d) => {
-            print!("replay DIVERGED: {}", report(d));
+            print!("replay DIVERGED: {}", report_in(d, r.machine.counter_mode));
             (ExitCode::from(EXIT_DIVERGED), false)
         }
         Outcome::Refused(why) => {

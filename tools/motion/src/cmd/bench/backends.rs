@@ -247,8 +247,9 @@ fn cell_text(s: &Result<Sample, String>) -> String {
 
 /// Whether kvm can be used at all here, and why not.
 fn kvm_unusable() -> Option<String> {
-    let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 21)])
-        .ok()?;
+    let mem =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 21)])
+            .ok()?;
     match vcpu_kvm::KvmVm::new(mem) {
         Ok(vm) => vm
             .create_vcpu(0, &vcpu::CpuidPolicy::baseline().entries)
@@ -284,10 +285,10 @@ pub fn run(a: BackendsBenchArgs) -> anyhow::Result<ExitCode> {
         .collect();
     // Interleaved, so that load from elsewhere on the host hits all alike.
     for i in 0..runs {
-        for (gi, g) in guests.iter().enumerate() {
+        for (g, phases) in guests.iter().zip(cells.iter_mut()) {
             for (bi, &b) in backends.iter().enumerate() {
-                for phase in 0..2 {
-                    let cell = &mut cells[gi][phase][bi];
+                for (phase, by_backend) in phases.iter_mut().enumerate() {
+                    let cell = &mut by_backend[bi];
                     let Ok(samples) = cell else { continue };
                     let s = if phase == 0 {
                         live(&fx, g, b)
@@ -302,7 +303,9 @@ pub fn run(a: BackendsBenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("motion bench backends: {runs} runs each, medians; soft records exact, kvm exit-synchronous");
+    println!(
+        "motion bench backends: {runs} runs each, medians; soft records exact, kvm exit-synchronous"
+    );
     if let Some(why) = &kvm_why {
         println!("kvm: unusable here ({why}); soft only");
     }
