@@ -122,6 +122,13 @@ pub struct RecordingEnv<E, S> {
     instructions: Arc<AtomicU64>,
     exits: Arc<AtomicU64>,
     dma_pages: digest::DmaPages,
+    /// Exit-synchronous recordings: the clock at the last completed exit,
+    /// the last point where the clock ticked (where inputs may be
+    /// delivered, checks and digests taken), and whether the vCPU has run
+    /// since (a kick or window exit is not a point a replay can find).
+    clock: Option<u64>,
+    last_tick: Option<vcpu::Timepoint>,
+    ran_since_tick: bool,
 }
 
 impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
@@ -145,6 +152,9 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
             instructions: Arc::new(AtomicU64::new(0)),
             exits: Arc::new(AtomicU64::new(0)),
             dma_pages: digest::DmaPages::default(),
+            clock: None,
+            last_tick: None,
+            ran_since_tick: false,
         }
     }
 
@@ -216,6 +226,24 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
     ) -> Result<(E, S, RecordStats), EnvError> {
         self.flush_arrivals()?;
         let status = end_status(result);
+        // Exit-synchronous, stopped by the host after the guest ran on from
+        // its last clock tick (a spinning guest, a time limit): no replay
+        // can stop exactly there, and no input was delivered since the tick.
+        // The recording ends at that tick; the guest's work after it is
+        // input-free and not part of the log.
+        if let (true, EndStatus::Stopped, Some(at)) = (self.ran_since_tick, &status, self.last_tick)
+        {
+            if vcpu.deterministic_exits().is_some() {
+                self.emit(
+                    End {
+                        status,
+                        at: Some(at),
+                    }
+                    .into(),
+                )?;
+                return Ok((self.inner, self.sink, self.stats));
+            }
+        }
         let at = digest::point(vcpu, self.opts.vcpu_index)?;
         self.digest(vcpu)?;
         self.emit(
@@ -380,6 +408,13 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
     }
 
     fn run_vcpu(&mut self, vcpu: &mut dyn Vcpu) -> Result<Option<VmExit>, EnvError> {
+        if vcpu.deterministic_exits().is_some() {
+            if self.last_tick.is_none() {
+                // Before the first entry: the first delivery point.
+                self.last_tick = Some(digest::point(vcpu, self.opts.vcpu_index)?);
+            }
+            self.ran_since_tick = true;
+        }
         self.inner.run_vcpu(vcpu)
     }
 
@@ -388,12 +423,23 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
         if let Some(r) = vcpu.retired() {
             self.instructions.store(r.instructions, Ordering::Relaxed);
         }
-        if let Some(n) = vcpu.deterministic_exits() {
-            self.exits.store(n, Ordering::Relaxed);
-        }
+        // Whether this exit advanced the exit clock (always, with exact
+        // counters): only such exits are points every backend stops at.
+        let ticked = match vcpu.deterministic_exits() {
+            None => true,
+            Some(n) => {
+                self.exits.store(n, Ordering::Relaxed);
+                // The clock starts at 0 before the first exit.
+                self.clock.replace(n).unwrap_or(0) != n
+            }
+        };
         self.flush_arrivals()?;
         if !retired {
             return Ok(());
+        }
+        if ticked && vcpu.deterministic_exits().is_some() {
+            self.last_tick = Some(digest::point(vcpu, self.opts.vcpu_index)?);
+            self.ran_since_tick = false;
         }
         if self.since_check > 0 {
             let pages = self.dma_pages.take();
@@ -402,7 +448,7 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
             self.stats.checks += 1;
             self.emit(StateCheck { hash }.into())?;
         }
-        if self.since_digest >= self.opts.digest_every {
+        if self.since_digest >= self.opts.digest_every && ticked {
             self.digest(vcpu)?;
         }
         Ok(())

@@ -336,3 +336,79 @@ fn large_dma_transfers_are_split_and_replay() {
     let (end, _) = replay("hello", records, 0);
     assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
 }
+
+/// Exit-synchronous recording of a guest that spins without exits (`timer`'s
+/// ring-3 tasks): its PIT ticks can only be delivered at an exit, so it
+/// never gets one — the documented cost of the mode — and the recording is
+/// stopped by its time limit at a point no replay could stop at. It ends at
+/// the last clock tick instead (no input was delivered after it), and the
+/// replay verifies up to there and stops the same way.
+#[test]
+fn a_stopped_exit_synchronous_recording_ends_at_its_last_tick() {
+    let elf = guest_images::bytes("timer").unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = exit_sync_vcpu(&machine);
+    let live = LiveEnvironment::new(
+        machine.memory().clone(),
+        LiveConfig {
+            serial_out: Box::new(std::io::sink()),
+            input: None,
+            disk: None,
+        },
+    );
+    let mut env = RecordingEnv::new(
+        live,
+        Vec::new(),
+        machine.memory().clone(),
+        machine.ram_size(),
+        RecordOptions::default(),
+    );
+    let limits = RunLimits {
+        wall: Some(std::time::Duration::from_millis(300)),
+        exits: None,
+        exit_synchronous: true,
+    };
+    let result = machine.run(&mut vcpu, &mut env, &limits);
+    let ticks = vcpu.deterministic_exits().unwrap();
+    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+    assert!(
+        matches!(result.unwrap().stop, vm_monitor::StopReason::TimeLimit(_)),
+        "the spinning guest cannot finish without its ticks"
+    );
+    let Some(Record::End(end)) = records.last() else {
+        panic!("no end record");
+    };
+    let at = end.at.expect("the end's point");
+    assert_eq!(at.branches, ticks, "the end is at the last clock tick");
+    let regs_now = vcpu.regs().unwrap();
+    assert_ne!(
+        at.rip, regs_now.rip,
+        "the guest ran on from the tick (or this test shows nothing)"
+    );
+
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = exit_sync_vcpu(&machine);
+    let mut env = ReplayEnv::new(
+        VecSource::new(records),
+        machine.memory().clone(),
+        machine.ram_size(),
+        ReplayOptions {
+            vcpu_index: 0,
+            mode: CounterMode::ExitSynchronous,
+            margin: 0,
+        },
+        Box::new(std::io::sink()),
+    );
+    let limits = RunLimits {
+        exit_synchronous: true,
+        ..RunLimits::default()
+    };
+    let result = machine.run(&mut vcpu, &mut env, &limits);
+    let end = env.finish(&vcpu, result).unwrap();
+    assert_eq!(
+        end,
+        ReplayEnd::Verified {
+            end: motion_records::EndStatus::Stopped
+        }
+    );
+}
