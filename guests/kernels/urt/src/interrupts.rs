@@ -116,15 +116,36 @@ pub(crate) fn dispatch_pending() -> u32 {
     n
 }
 
+/// Longest pause between two polls of an idle wait, in PAUSE iterations.
+///
+/// Each poll is two port exits, and a recording logs every exit's result, so
+/// a wait that polls flat out writes the log as fast as the host can exit
+/// (thousands of records per millisecond of waiting on the soft vCPU). The
+/// pause doubles after each empty poll up to this bound: a few microseconds
+/// of latency natively, a few hundred microseconds of interpreted
+/// instructions on the soft vCPU. The device models never lose data to a
+/// slow poll (serial input waits in the host until the UART has room).
+const MAX_BACKOFF: u32 = 1 << 12;
+
+/// Wait between polls: `*spins` PAUSEs, then double it up to [`MAX_BACKOFF`].
+fn backoff(spins: &mut u32) {
+    for _ in 0..*spins {
+        core::hint::spin_loop();
+    }
+    *spins = (*spins * 2).min(MAX_BACKOFF);
+}
+
 /// Wait until at least one interrupt has been handled (and any others then pending).
 pub(crate) fn wait_and_dispatch() {
+    let mut spins = 1;
     while dispatch_pending() == 0 {
-        core::hint::spin_loop();
+        backoff(&mut spins);
     }
 }
 
 /// Wait until an unmasked interrupt is requested, without acknowledging it.
 pub(crate) fn wait_requested() {
+    let mut spins = 1;
     loop {
         // SAFETY: OCW3 read-IRR, then the IRR and IMR of both chips.
         let pending = unsafe {
@@ -137,7 +158,7 @@ pub(crate) fn wait_requested() {
         if pending != 0 {
             return;
         }
-        core::hint::spin_loop();
+        backoff(&mut spins);
     }
 }
 
