@@ -220,3 +220,63 @@ fn exact_recordings_are_refused_on_kvm() {
         "the refusal must say why and what to do: {why}"
     );
 }
+
+/// `entropy-r3` reads RDTSC, RDRAND, RDSEED and CPUID in ring 3, which KVM
+/// lets it execute on the host CPU: the kvm recording holds none of their
+/// values and says so in its header, and replays — on kvm, where the guest
+/// gets other host values, and on soft — report a divergence rather than
+/// verify.
+#[test]
+fn untrapped_instructions_on_kvm_make_replays_diverge_visibly() {
+    if !kvm_ready("untrapped_instructions_on_kvm_make_replays_diverge_visibly") {
+        return;
+    }
+    let fx = Fixtures::new();
+    let g = fx.guest("entropy-r3");
+    let log = fx.path("entropy-r3-kvm.motionlog");
+    let rec = record(&g, &log, &["--backend", "kvm"]);
+    assert_eq!(rec.code, Some(0), "{}\n{}", rec.stderr, rec.text);
+    assert!(
+        rec.text.contains("rdtsc: "),
+        "the guest read the TSC: {}",
+        rec.text
+    );
+    let (machine, records) = read_log(&log);
+    for u in [Untrapped::Rdtsc, Untrapped::Rdrand, Untrapped::Rdseed] {
+        assert!(machine.untrapped.contains(&u), "{:?}", machine.untrapped);
+    }
+    let ring3_cpuid = vcpu_kvm::probe::ring3_cpuid_follows_policy();
+    assert_eq!(
+        machine.untrapped.contains(&Untrapped::Cpuid),
+        !ring3_cpuid.works,
+        "the header lists cpuid exactly when ring-3 CPUID ignores the policy ({})",
+        ring3_cpuid.detail
+    );
+    assert!(
+        !records.iter().any(|r| matches!(
+            r,
+            motion_records::Record::Rdtsc(_) | motion_records::Record::Rdrand(_)
+        )),
+        "values the backend never saw cannot be in the log"
+    );
+    for backend in ["kvm", "soft"] {
+        let rep = replay(&g, &log, &["--backend", backend]);
+        assert_eq!(
+            rep.code,
+            Some(2),
+            "replay on {backend} must report a divergence: {}\n{}",
+            rep.stderr,
+            rep.text
+        );
+        let what = rep.json["divergence"].as_str().unwrap_or_default();
+        assert!(
+            what.contains("could not trap"),
+            "on {backend} the report says why: {what}"
+        );
+        eprintln!(
+            "entropy-r3 kvm recording replayed on {backend}: diverged at record {} of {}: {what}",
+            rep.json["divergence_record"],
+            records.len()
+        );
+    }
+}

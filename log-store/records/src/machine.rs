@@ -44,6 +44,9 @@ pub enum Untrapped {
     Rdrand,
     /// RDSEED.
     Rdseed,
+    /// CPUID: answered by the host CPU, not from the logged policy (ring-3
+    /// code on a KVM that runs it natively without CPUID faulting).
+    Cpuid,
 }
 
 impl Untrapped {
@@ -53,6 +56,7 @@ impl Untrapped {
             Untrapped::Rdtsc => "rdtsc",
             Untrapped::Rdrand => "rdrand",
             Untrapped::Rdseed => "rdseed",
+            Untrapped::Cpuid => "cpuid",
         }
     }
 

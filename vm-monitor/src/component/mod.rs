@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use log_append_api::LogAppend;
 use motion_ipc::{Client, ComponentContext, ComponentResult};
-use motion_records::Hash32;
+use motion_records::{Hash32, Untrapped};
 use vcpu::{CounterMode, ExitClocked, Kicker, Vcpu};
 use vcpu_kvm::KvmVm;
 use vcpu_soft::SoftVcpu;
@@ -341,6 +341,8 @@ struct BuiltVcpu {
     /// The CPUID values the guest will see: the machine's policy, or what
     /// KVM made of it (it does not honour every leaf it is given).
     cpuid: vcpu::CpuidPolicy,
+    /// What the backend cannot trap (for the log header).
+    untrapped: Vec<Untrapped>,
 }
 
 /// Build the vCPU of `backend` (`soft`, `kvm`) for timing in `mode`: the
@@ -357,6 +359,7 @@ fn build_vcpu(
         what: format!("the {backend} backend: {e}"),
     };
     let mut cpuid = machine.cpuid().clone();
+    let mut cpuid_untrapped = false;
     let mut vcpu: Box<dyn Vcpu> = match (backend, mode) {
         ("soft", CounterMode::Exact) => {
             let mut v = SoftVcpu::new(machine.memory().clone());
@@ -372,6 +375,7 @@ fn build_vcpu(
             })?;
             let v = vm.create_vcpu(0, &cpuid.entries).map_err(vcpu_err)?;
             cpuid.entries = v.effective_cpuid().to_vec();
+            cpuid_untrapped = !ring3_cpuid_follows_policy();
             Box::new(ExitClocked::new(v))
         }
         ("kvm", CounterMode::Exact) => {
@@ -394,5 +398,20 @@ fn build_vcpu(
         .map_err(|e| VmControlError::Vcpu {
             what: format!("the {backend} backend: {e}"),
         })?;
-    Ok(BuiltVcpu { vcpu, cpuid })
+    let mut untrapped = Untrapped::of_controls(vcpu.controls());
+    if cpuid_untrapped {
+        untrapped.push(Untrapped::Cpuid);
+    }
+    Ok(BuiltVcpu {
+        vcpu,
+        cpuid,
+        untrapped,
+    })
+}
+
+/// Whether CPUID in the guest's ring 3 answers from the vCPU's table on this
+/// host's KVM (probed once per process: it costs a small VM).
+fn ring3_cpuid_follows_policy() -> bool {
+    static FOLLOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOLLOWS.get_or_init(|| vcpu_kvm::probe::ring3_cpuid_follows_policy().works)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log_append_api::{Appender, BatchLimits, CreateLog, Record as WireRecord};
-use motion_records::{MachineInfo, Record, Untrapped};
+use motion_records::{MachineInfo, Record};
 use vcpu::{CounterMode, Vcpu};
 use vm_control_api::{Outcome, RecordSetup, Reply, VmControlError};
 
@@ -88,7 +88,11 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
         Some(p) => Some(DiskImage::open(p, false).map_err(load_err)?),
         None => None,
     };
-    let BuiltVcpu { vcpu, cpuid } = build_vcpu(&machine, &setup.backend, mode, 0)?;
+    let BuiltVcpu {
+        vcpu,
+        cpuid,
+        untrapped,
+    } = build_vcpu(&machine, &setup.backend, mode, 0)?;
     let info = MachineInfo {
         backend: vcpu.backend().into(),
         guest_name: setup.guest_name.clone(),
@@ -98,7 +102,7 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
         disk_image,
         cpuid,
         counter_mode: CounterMode::of(&*vcpu).unwrap_or(CounterMode::Exact),
-        untrapped: Untrapped::of_controls(vcpu.controls()),
+        untrapped,
     };
     let shared = Arc::new(Shared::default());
     let (input_tx, input) = if setup.serial_input {

@@ -177,6 +177,13 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
                  slower on kvm than on soft"
             ));
         }
+        if !kvm.ring3_cpuid.works {
+            kvm_verdict.notes.push(
+                "CPUID in guest ring 3 runs natively on the host CPU: guests see the host's \
+                 CPUID, not the policy; kvm recordings list cpuid as not trapped"
+                    .into(),
+            );
+        }
         if !kvm.cpuid_policy.works {
             kvm_verdict.notes.push(
                 "KVM does not honour the CPUID policy: RDRAND/RDSEED stay visible to guests; \
@@ -266,6 +273,7 @@ fn print_human(r: &DoctorReport) {
             );
         }
         row("CPUID policy honoured", yes_no(&r.kvm.cpuid_policy));
+        row("ring-3 CPUID from policy", yes_no(&r.kvm.ring3_cpuid));
         row("guest single-step", yes_no(&r.kvm.single_step));
         row("hardware breakpoints", yes_no(&r.kvm.hw_breakpoint));
     }
