@@ -9,13 +9,15 @@
 //! and step): every replay must verify, print exactly the recorded serial
 //! output, and end on the recording's final digest.
 //!
-//! The recordings must also differ from one another where the guest's
-//! inputs depend on host timing — proof that the non-determinism was
-//! captured, not avoided: `timer` (tick timepoints), `entropy` (TSC, RDRAND,
-//! RDSEED, RTC) and `serial-echo` (input arrival points) differ. `disk`
-//! halts until each completion and reads no clock, so nothing it sees
-//! depends on timing: its recordings are asserted to be identical inputs
-//! (the recorder adds no noise of its own).
+//! The recordings must also differ from one another — proof that the
+//! non-determinism was captured, not avoided: `timer` (tick timepoints),
+//! `entropy` (TSC, RDRAND, RDSEED, RTC), `serial-echo` (input arrival
+//! points) and `disk` (completion timepoints: the monitor's disk thread
+//! serves each request while the guest works on the previous chunk, and the
+//! data, status, used ring and interrupt land wherever the guest has got to
+//! when the host finished the read). More than half of the recordings must
+//! be distinct in their timing-dependent inputs; the test prints how many
+//! were, and how many distinct timepoints their interrupts landed at.
 
 #[path = "record_replay_common.rs"]
 mod common;
@@ -134,7 +136,7 @@ fn timer_recordings_differ_and_replay_exactly() {
 }
 
 #[test]
-fn disk_recordings_replay_exactly() {
+fn disk_recordings_differ_and_replay_exactly() {
     recordings_replay_exactly("disk", true);
 }
 
