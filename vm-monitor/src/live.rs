@@ -3,7 +3,7 @@
 //! input arriving on a thread. This is where the non-determinism comes from.
 //!
 //! Threads that produce inputs (the serial reader, the disk worker) ring a
-//! [`Doorbell`] when something arrives: it kicks a running vCPU out to the
+//! doorbell when something arrives: it kicks a running vCPU out to the
 //! next delivery point and wakes a halted guest's idle wait.
 
 mod disk_worker;

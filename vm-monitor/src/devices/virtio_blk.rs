@@ -10,7 +10,7 @@
 //!    and turn it into a [`Request`] (addresses, sector, and for writes the
 //!    bytes, copied out of guest memory now).
 //! 2. [`DiskImage::execute`], anywhere (the live environment runs it on a
-//!    host worker thread, [`super::blk_worker`]): the real disk I/O. It
+//!    host worker thread, `live/disk_worker.rs`): the real disk I/O. It
 //!    never touches guest memory; it returns a [`Done`] with the bytes to
 //!    write back.
 //! 3. [`VirtioBlk::complete`], on the vCPU's thread when the environment
