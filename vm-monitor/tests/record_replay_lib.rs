@@ -302,15 +302,19 @@ fn exit_sync_vcpu(machine: &Machine) -> ExitSynchronous {
 
 /// Exit-synchronous mode (what the kvm backend records in here): inputs
 /// are delivered only right after instruction exits and timed by the exit
-/// count; replay delivers them at the same count, without landing.
+/// count; replay delivers them at the same count, without landing. A disk
+/// completion the worker thread finishes while the guest computes waits for
+/// the next instruction exit.
 #[test]
 fn exit_synchronous_recordings_replay_exactly() {
-    for (guest, input) in [
+    for (guest, input, disk) in [
         (
             "serial-echo",
             Some(&b"one\ntwo two\nthree three three\nquit\n"[..]),
+            false,
         ),
-        ("entropy", None),
+        ("entropy", None, false),
+        ("disk", None, true),
     ] {
         let elf = guest_images::bytes(guest).unwrap();
         let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
@@ -322,7 +326,7 @@ fn exit_synchronous_recordings_replay_exactly() {
             LiveConfig {
                 serial_out: Box::new(out.clone()),
                 input: input.map(InputFeed::from_bytes),
-                disk: None,
+                disk: disk.then(|| DiskImage::zeroed(64)),
             },
         );
         let mut env = RecordingEnv::new(
@@ -343,6 +347,10 @@ fn exit_synchronous_recordings_replay_exactly() {
         let (_, records, _) = env.finish(&vcpu, &result).unwrap();
         result.unwrap();
         let recorded = out.0.lock().unwrap().clone();
+        if disk {
+            let text = String::from_utf8_lossy(&recorded);
+            assert!(text.contains("8 requests completed by interrupt"), "{text}");
+        }
 
         let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
         let mut vcpu = exit_sync_vcpu(&machine);
