@@ -64,6 +64,13 @@ static QUEUE: Global<QueueMem> = Global::new(QueueMem([0; 4 * 4096]));
 
 const CHUNK: usize = (SECTORS_PER_REQUEST * 512) as usize;
 
+/// Passes of [`work`] over each chunk, about 14 thousand instructions each:
+/// the work overlapping a request (about 0.85 million instructions, 4 ms or
+/// more on the soft vCPU) outlasts the host's service time of a read even
+/// when every host core is busy and the monitor's disk thread must wait for a
+/// scheduler tick (4 ms at HZ=250) to run.
+const WORK_PASSES: u64 = 60;
+
 /// One request in flight at a time: one header and status byte, and two
 /// data buffers (the device fills one while the guest checksums the other).
 #[repr(C, align(4096))]
@@ -79,12 +86,6 @@ static BUFFERS: Global<Buffers> = Global::new(Buffers {
 });
 
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
-/// Passes of [`work`] over each chunk, about 14 thousand instructions each:
-/// the work overlapping a request (about 0.85 million instructions, 4 ms or
-/// more on the soft vCPU) outlasts the host's service time of a read even when
-/// every host core is busy and the monitor's disk thread must wait for a
-/// scheduler tick (4 ms at HZ=250) to run.
-const WORK_PASSES: u64 = 60;
 static IO_BASE: AtomicU64 = AtomicU64::new(0);
 static IRQ: AtomicU64 = AtomicU64::new(0);
 
@@ -290,6 +291,8 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     let mut unsummed: Option<(usize, usize)> = None;
     let mut sector = 0;
     let mut k = 0usize;
+    // Interrupts stay enabled while the guest works, so a completion can
+    // land anywhere in the work.
     cpu::sti();
     while sector < total {
         let n = SECTORS_PER_REQUEST.min(total - sector);
@@ -351,6 +354,7 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         sector += n;
         k += 1;
     }
+    // The last chunk, processed like the others.
     if let Some((prev, len)) = unsummed {
         // SAFETY: no request is in flight.
         let chunk = unsafe { &(&(*bufs).data)[prev][..len] };
