@@ -20,6 +20,11 @@ const GUESTS: &[&str] = &[
     "entropy",
     "compute",
     "serial-echo",
+    "hello-r3",
+    "disk-r3",
+    "serial-echo-r3",
+    "compute-r3",
+    "faults-r3",
 ];
 
 fn main() {
@@ -32,7 +37,15 @@ fn main() {
     let target_dir = out.join("kernels-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
-    for sub in ["Cargo.toml", "Cargo.lock", ".cargo", "rt", "bins"] {
+    for sub in [
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo",
+        "rt",
+        "bins",
+        "urt",
+        "bins-r3",
+    ] {
         println!("cargo:rerun-if-changed={}", kernels.join(sub).display());
     }
 

@@ -336,13 +336,26 @@ impl KvmVcpu {
             sregs.cs.base.wrapping_add(ip) & 0xffff_ffff
         };
         let mut out = Vec::with_capacity(n as usize);
+        // One KVM_TRANSLATE per 4 KiB page, not per byte: each ioctl costs
+        // microseconds (on the nested KVM here about 8 µs, and this runs on
+        // every I/O exit), and a page's bytes share one translation.
+        let mut page: Option<(u64, u64)> = None; // (linear page, physical page)
         for i in 0..n {
             let la = linear.wrapping_add(i);
             let pa = if sregs.cr0 & (1 << 31) != 0 {
-                match self.fd.translate_gva(la) {
-                    Ok(t) if t.valid != 0 => t.physical_address,
-                    _ => break,
-                }
+                let lpage = la & !0xfff;
+                let ppage = match page {
+                    Some((l, p)) if l == lpage => p,
+                    _ => match self.fd.translate_gva(lpage) {
+                        Ok(t) if t.valid != 0 => {
+                            let p = t.physical_address & !0xfff;
+                            page = Some((lpage, p));
+                            p
+                        }
+                        _ => break,
+                    },
+                };
+                ppage | (la & 0xfff)
             } else {
                 la
             };

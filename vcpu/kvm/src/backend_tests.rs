@@ -479,3 +479,93 @@ fn cpuid_hides_rdrand_and_rdseed() {
         println!("note: this KVM ignored the CPUID policy; RDRAND/RDSEED stay visible (reported)");
     }
 }
+
+/// An I/O instruction whose bytes straddle two linear pages that map to
+/// physical pages in the other order: the exit's decode (immediate form,
+/// length) reads each byte through its own page's translation.
+#[test]
+fn io_instruction_straddling_non_contiguous_pages_decodes() {
+    // Linear 0x10000 -> physical 0x5000, linear 0x11000 -> physical 0x3000.
+    // `in ax, dx` (66 ED) at linear 0x10fff, then HLT. Physical 0x5000 (where
+    // the second byte would be read if the first page's translation were
+    // reused) holds a NOP, which would make the decode fail.
+    let Some((vm, mut v)) = guest(&[], 0x10000) else {
+        return;
+    };
+    let mem = vm.memory();
+    let w64 = |pa: u64, v: u64| mem.write_obj(v, GuestAddress(pa)).unwrap();
+    w64(0x1000, 0x2000 | 3); // PML4[0] -> PDPT
+    w64(0x2000, 0x4000 | 3); // PDPT[0] -> PD
+    w64(0x4000, 0x6000 | 3); // PD[0] -> PT
+    w64(0x6000 + 8 * 0x10, 0x5000 | 3); // PT[0x10]: 0x10000 -> 0x5000
+    w64(0x6000 + 8 * 0x11, 0x3000 | 3); // PT[0x11]: 0x11000 -> 0x3000
+    mem.write_slice(&[0x66], GuestAddress(0x5fff)).unwrap();
+    mem.write_slice(&[0xED, 0xF4], GuestAddress(0x3000))
+        .unwrap();
+    mem.write_slice(&[0x90], GuestAddress(0x5000)).unwrap();
+    v.host_wrote_memory(0, 0x10000);
+
+    let mut s = v.special_regs().unwrap();
+    let code = vcpu::Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: 8,
+        type_: 11,
+        present: true,
+        dpl: 0,
+        db: false,
+        s: true,
+        l: true,
+        g: true,
+        avl: false,
+        unusable: false,
+    };
+    let data = vcpu::Segment {
+        selector: 16,
+        type_: 3,
+        db: true,
+        l: false,
+        ..code
+    };
+    s.cs = code;
+    (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
+    s.tr = vcpu::Segment {
+        base: 0,
+        limit: 0x67,
+        selector: 24,
+        type_: 11,
+        s: false,
+        l: false,
+        g: false,
+        ..code
+    };
+    s.cr0 = 0x8000_0031; // PG, NE, ET, PE
+    s.cr3 = 0x1000;
+    s.cr4 = 0x20; // PAE
+    s.efer = 0x500; // LME, LMA
+    v.set_special_regs(&s).unwrap();
+    v.set_regs(&Regs {
+        rip: 0x10fff,
+        rdx: 0x60,
+        rflags: 2,
+        rsp: 0x8000,
+        ..Regs::default()
+    })
+    .unwrap();
+
+    let e = v.run().unwrap();
+    let (q, _) = io(&e);
+    assert_eq!(
+        (q.port, q.size, q.direction, q.immediate),
+        (0x60, 2, IoDirection::In, false)
+    );
+    assert_eq!(
+        (e.rip, e.instruction_len),
+        (0x10fff, 2),
+        "decoded across the pages"
+    );
+    v.complete(Completion::IoIn(0x4242)).unwrap();
+    assert_eq!(v.regs().unwrap().rax & 0xffff, 0x4242);
+    let e = v.run().unwrap();
+    assert_eq!((e.reason, e.rip), (ExitReason::Hlt, 0x11001));
+}

@@ -1031,6 +1031,12 @@ pub fn translate(i: &Instruction, bitness: u32) -> Translated {
             o.sz = if i.mnemonic() == M::Sysretq { 8 } else { 4 };
             sys::sysret
         }
+        M::Sysexit | M::Sysexitq => {
+            o.br = true;
+            place = Place::Last;
+            o.sz = if i.mnemonic() == M::Sysexitq { 8 } else { 4 };
+            sys::sysexit
+        }
         M::Swapgs => sys::swapgs,
         M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => match operand(i, 0) {
             Opnd::Reg(id, sz) => {

@@ -187,6 +187,68 @@ fn syscall_sysret_round_trip() {
 }
 
 #[test]
+fn sysexitq_enters_64_bit_ring_3_with_rflags_kept() {
+    let mut vm = Vm::long64();
+    let user = CODE + 0x800;
+    vm.vcpu.set_msr(0x174, KCODE as u64).unwrap(); // IA32_SYSENTER_CS
+    vm.asm(CODE, |a| {
+        a.mov(rdx, user).unwrap();
+        a.mov(rcx, STACK - 8).unwrap();
+        a.sysexitq().unwrap();
+    });
+    vm.asm(user, |a| {
+        a.mov(esi, 5).unwrap();
+        a.int3().unwrap();
+    });
+    recorder(&vm, HANDLERS);
+    vm.gate(3, HANDLERS, 0, 3, false);
+    let mut r = vm.regs();
+    r.rflags = 0x2 | 0x4; // IF clear, PF set: SYSEXIT leaves both alone
+    vm.vcpu.set_regs(&r).unwrap();
+    vm.run_to_hlt();
+    let f = frame(&vm);
+    assert_eq!(vm.regs().rsi, 5);
+    assert_eq!(f[0], user + 6, "INT3 in ring 3 after mov esi, 5");
+    assert_eq!(f[1], KCODE as u64 + 32 + 3, "CS = SYSENTER_CS + 32, RPL 3");
+    assert_eq!(
+        f[2] & 0x204,
+        0x4,
+        "RFLAGS kept: IF still clear, PF still set"
+    );
+    assert_eq!(f[3], STACK - 8, "RSP = RCX");
+    assert_eq!(f[4], KCODE as u64 + 40 + 3, "SS = SYSENTER_CS + 40, RPL 3");
+}
+
+#[test]
+fn sysexit_faults_without_sysenter_cs_or_from_ring_3() {
+    // IA32_SYSENTER_CS = 0: #GP(0) at the SYSEXIT.
+    let mut vm = Vm::long64();
+    recorder(&vm, HANDLERS + 0x100);
+    vm.gate(13, HANDLERS + 0x100, 0, 0, false);
+    vm.asm(CODE, |a| {
+        a.sysexitq().unwrap();
+    });
+    vm.run_to_hlt();
+    let f = frame(&vm);
+    assert_eq!(f[0], 0, "error code 0");
+    assert_eq!(f[1], CODE, "SYSEXIT did not retire");
+
+    // From ring 3: #GP(0) too.
+    let mut vm = Vm::long64();
+    vm.vcpu.set_msr(0x174, KCODE as u64).unwrap();
+    recorder(&vm, HANDLERS + 0x100);
+    vm.gate(13, HANDLERS + 0x100, 0, 0, false);
+    vm.asm(CODE, |a| {
+        a.sysexitq().unwrap();
+    });
+    vm.enter_user();
+    vm.run_to_hlt();
+    let f = frame(&vm);
+    assert_eq!(f[1], CODE);
+    assert_eq!(f[2], UCODE as u64, "faulted in ring 3");
+}
+
+#[test]
 fn iretq_returns_enter_user() {
     let mut vm = Vm::long64();
     let user = CODE + 0x800;

@@ -410,6 +410,67 @@ mod tests {
         assert_eq!(pic.acknowledge(), 0x27);
     }
 
+    /// Polling (OCW3 with P = 1, then a read) is how a guest that runs with
+    /// IF = 0 takes interrupts (the ring-3 runtime `urt`): the read returns
+    /// `0x80 | level` and acknowledges it as INTA would, or 0.
+    #[test]
+    fn poll_command_acknowledges_like_inta_through_the_cascade() {
+        let mut pic = Pic::new();
+        pic.set_elcr(1 << 11);
+        init(&mut pic);
+        let poll = |pic: &mut Pic, port: u16| {
+            pic.write(port, 0x0c);
+            pic.read(port)
+        };
+        assert_eq!(poll(&mut pic, 0x20), 0, "nothing requested");
+
+        // Edge IRQ 4: acknowledged once, in service until the EOI.
+        pic.pulse_irq(4);
+        assert_eq!(poll(&mut pic, 0x20), 0x84);
+        assert!(!pic.interrupt_pending());
+        assert_eq!(poll(&mut pic, 0x20), 0, "edge consumed, IRQ 4 in service");
+        pic.write(0x20, 0x0b);
+        assert_eq!(pic.read(0x20), 1 << 4, "ISR");
+        pic.write(0x20, 0x0a);
+        pic.pulse_irq(4);
+        assert_eq!(poll(&mut pic, 0x20), 0, "a new IRQ 4 waits for the EOI");
+        pic.write(0x20, 0x20);
+        assert_eq!(poll(&mut pic, 0x20), 0x84);
+        pic.write(0x20, 0x20);
+
+        // The poll is one-shot: the next read is the selected register again.
+        pic.write(0x20, 0x0c);
+        assert_eq!(pic.read(0x20), 0);
+        pic.pulse_irq(3);
+        assert_eq!(pic.read(0x20), 1 << 3, "IRR, not a poll");
+        assert_eq!(poll(&mut pic, 0x20), 0x83);
+        pic.write(0x20, 0x20);
+
+        // Masked lines are not reported.
+        pic.write(0x21, 1 << 5);
+        pic.pulse_irq(5);
+        assert_eq!(poll(&mut pic, 0x20), 0);
+        pic.write(0x21, 0);
+        assert_eq!(poll(&mut pic, 0x20), 0x85);
+        pic.write(0x20, 0x20);
+
+        // Level IRQ 11 on the slave: the master answers the cascade (2),
+        // then the slave its line (3); both are in service.
+        pic.set_irq(11, true);
+        assert_eq!(poll(&mut pic, 0x20), 0x82);
+        assert_eq!(poll(&mut pic, 0xa0), 0x83);
+        pic.write(0x20, 0x0b);
+        pic.write(0xa0, 0x0b);
+        assert_eq!(pic.read(0x20), 1 << 2);
+        assert_eq!(pic.read(0xa0), 1 << 3);
+        // The driver lowers the line, then sends both EOIs: nothing left.
+        pic.set_irq(11, false);
+        pic.write(0xa0, 0x20);
+        pic.write(0x20, 0x20);
+        assert_eq!(poll(&mut pic, 0x20), 0);
+        assert!(!pic.interrupt_pending());
+    }
+
     #[test]
     fn imr_reads_back() {
         let mut pic = Pic::new();

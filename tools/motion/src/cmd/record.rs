@@ -29,7 +29,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Arguments of `motion record`.
 #[derive(Debug, clap::Args)]
 pub struct RecordArgs {
-    /// A bundled guest (hello, timer, disk, entropy, compute, serial-echo) or
+    /// A bundled guest (hello, timer, disk, entropy, compute, serial-echo;
+    /// ring-3 variants for KVM hosts that emulate ring 0: hello-r3, disk-r3,
+    /// serial-echo-r3, compute-r3) or
     /// the path of a PVH ELF kernel.
     #[arg(long)]
     pub guest: String,

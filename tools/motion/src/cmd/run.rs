@@ -24,7 +24,9 @@ pub enum Backend {
 /// Arguments of `motion run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// A bundled guest (hello, timer, disk, entropy, compute, serial-echo) or
+    /// A bundled guest (hello, timer, disk, entropy, compute, serial-echo;
+    /// ring-3 variants for KVM hosts that emulate ring 0: hello-r3, disk-r3,
+    /// serial-echo-r3, compute-r3) or
     /// the path of a PVH ELF kernel.
     #[arg(long)]
     pub guest: String,

@@ -980,6 +980,55 @@ pub fn sysret(c: &mut Cpu, o: &Op) -> Flow {
     Flow::End
 }
 
+/// SYSEXIT (`sz` 8: REX.W, to 64-bit code; 4: to 32-bit protected mode).
+/// CS and SS get fixed flat ring-3 descriptors whose selectors derive from
+/// IA32_SYSENTER_CS (+32/+40 for 64-bit, +16/+24 otherwise, RPL 3); RIP
+/// comes from RDX and RSP from RCX; RFLAGS is unchanged (SDM "SYSEXIT").
+pub fn sysexit(c: &mut Cpu, o: &Op) -> Flow {
+    let base_sel = (c.msr.sysenter_cs & 0xfffc) as u16;
+    if base_sel == 0 || c.cr0 & cr0::PE == 0 || c.cpl != 0 {
+        c.gp0();
+        return Flow::Stop;
+    }
+    let long = o.sz == 8;
+    let (rip, rsp) = if long {
+        (c.gpr[2], c.gpr[1])
+    } else {
+        (c.gpr[2] & 0xffff_ffff, c.gpr[1] & 0xffff_ffff)
+    };
+    if long && (!canonical(rip) || !canonical(rsp)) {
+        c.gp0();
+        return Flow::Stop;
+    }
+    let cs = vcpu::Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: base_sel.wrapping_add(if long { 32 } else { 16 }) | 3,
+        type_: 0xb,
+        present: true,
+        dpl: 3,
+        db: !long,
+        s: true,
+        l: long,
+        g: true,
+        avl: false,
+        unusable: false,
+    };
+    let ss = vcpu::Segment {
+        selector: base_sel.wrapping_add(if long { 40 } else { 24 }) | 3,
+        type_: 3,
+        db: true,
+        l: false,
+        ..cs
+    };
+    c.seg[SS] = ss;
+    set_cs(c, cs, 3);
+    c.gpr[4] = rsp;
+    c.rip = rip;
+    c.link = 2;
+    Flow::End
+}
+
 /// SWAPGS.
 pub fn swapgs(c: &mut Cpu, _o: &Op) -> Flow {
     if c.bitness != 64 {
