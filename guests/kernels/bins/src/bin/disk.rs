@@ -249,8 +249,8 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
     let cmd = pci_read(0, dev, func, 0x04);
     pci_write(0, dev, func, 0x04, (cmd & 0xffff) | 0x5);
 
-    // SAFETY (for the port accesses below): the BAR names the device's legacy
-    // virtio registers; DMA targets are our own statics.
+    // SAFETY: the BAR names the device's legacy virtio registers (this
+    // covers the port accesses below too); DMA targets are our own statics.
     let capacity = unsafe {
         outb(base + DEVICE_STATUS, 0);
         outb(base + DEVICE_STATUS, STATUS_ACK);
@@ -264,7 +264,7 @@ fn guest_main(_info: &rt::BootInfo) -> u8 {
         outw(base + QUEUE_SELECT, 0);
         inw(base + QUEUE_SIZE) as usize
     };
-    if qsize < 3 || qsize > MAX_QUEUE {
+    if !(3..=MAX_QUEUE).contains(&qsize) {
         println!("disk: unusable queue size {}", Dec(qsize as u64));
         return EXIT_DEVICE_ERROR;
     }
