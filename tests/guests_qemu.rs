@@ -287,6 +287,20 @@ fn qemu_and_motion_agree_on_disk() {
     compare("disk", &args, &["--disk", img]);
 }
 
+/// The ring-3 variants (built for the nested KVM of the CAS Motion machines)
+/// are ordinary PVH kernels too: QEMU and `motion run` agree on them.
+#[test]
+fn qemu_and_motion_agree_on_the_r3_guests() {
+    compare("hello-r3", &[], &[]);
+    compare("compute-r3", &[], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    make_disk(&img, 300);
+    let args = disk_args(&img);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    compare("disk-r3", &args, &["--disk", img.to_str().unwrap()]);
+}
+
 /// The timer guest's output depends on when each tick lands: two live runs
 /// under `motion run` differ (the non-determinism a recorder must capture).
 #[test]

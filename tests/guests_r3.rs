@@ -262,3 +262,47 @@ fn last_json(stdout: &str) -> serde_json::Value {
     let last = stdout.trim_end().rsplit('\n').next().unwrap_or("");
     serde_json::from_str(last).unwrap_or(serde_json::Value::Null)
 }
+
+/// The ring-3 runtime's exception path: a CPU exception raised in ring 3
+/// enters the ring-0 stub and comes back to ring 3 to be reported, with the
+/// same report (vector, RIP, error code, CR2) and status 2 on every backend;
+/// a panic ends with status 1.
+#[test]
+fn faults_r3_reports_exceptions_alike_on_soft_and_kvm() {
+    let cases = [
+        ("de", 2, "EXCEPTION #DE divide error (vector 0) at rip 0x"),
+        ("ud", 2, "EXCEPTION #UD invalid opcode (vector 6) at rip 0x"),
+        (
+            "gp",
+            2,
+            "EXCEPTION #GP general protection (vector 13) at rip 0x",
+        ),
+        ("pf", 2, "error 0x6 cr2 0x100000000\n"),
+        ("panic", 1, "PANIC: panicked at"),
+        ("nothing", 3, "pass one of de, ud, gp, pf, panic"),
+    ];
+    for (what, status, expect) in cases {
+        let args = ["--cmdline", what];
+        let soft = motion_run("faults-r3", "soft", &args);
+        assert_eq!(
+            soft.status,
+            Some(status),
+            "{what} on soft: {}\n{}",
+            soft.err,
+            soft.out
+        );
+        assert!(soft.out.contains(expect), "{what} on soft:\n{}", soft.out);
+        assert!(
+            !soft.out.contains("returned"),
+            "{what}: the fault did not stop it"
+        );
+        match kvm_skip_reason() {
+            Some(why) => println!("skipped: faults-r3 {what} on kvm: {why}"),
+            None => {
+                let kvm = motion_run("faults-r3", "kvm", &args);
+                assert_eq!(kvm.out, soft.out, "{what}: kvm vs soft ({})", kvm.err);
+                assert_eq!(kvm.status, soft.status, "{what}: exit status ({})", kvm.err);
+            }
+        }
+    }
+}

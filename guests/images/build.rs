@@ -25,6 +25,7 @@ const GUESTS: &[&str] = &[
     "serial-echo-r3",
     "compute-r3",
     "entropy-r3",
+    "faults-r3",
 ];
 
 fn main() {

@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::virtio_blk::DiskImage;
 use crate::env::Environment;
-use crate::live::{InputFeed, LiveConfig, LiveEnvironment};
+use crate::live::{DiskTiming, InputFeed, LiveConfig, LiveEnvironment};
 
 /// Guest RAM for device fuzzing: 1 MiB, small enough to be hit by random addresses.
 const FUZZ_RAM: usize = 1 << 20;
@@ -28,6 +28,9 @@ pub fn drive_devices(data: &[u8]) {
             disk: Some(DiskImage::zeroed(64)),
         },
     );
+    // Completions at the next delivery point, not on a thread: an input
+    // must do the same thing every time it is run.
+    env.set_disk_timing(DiskTiming::Inline);
     let mut it = data.iter().copied();
     let mut next = || it.next();
     // Ports the devices answer, so random accesses hit them often.

@@ -1,6 +1,14 @@
 //! The live environment: device models driven by the host's clock, the
-//! host's randomness, a disk image and serial input arriving on a thread.
-//! This is where the non-determinism comes from.
+//! host's randomness, a disk image served by a worker thread and serial
+//! input arriving on a thread. This is where the non-determinism comes from.
+//!
+//! Threads that produce inputs (the serial reader, the disk worker) ring a
+//! doorbell when something arrives: it kicks a running vCPU out to the
+//! next delivery point and wakes a halted guest's idle wait.
+
+mod disk_worker;
+
+pub use disk_worker::{DEFAULT_LATENCY as DEFAULT_DISK_LATENCY, DiskTiming, MAX_IN_FLIGHT};
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -17,6 +25,7 @@ use crate::devices::rtc::Rtc;
 use crate::devices::serial::{COM1_IRQ, SerialSink, Uart};
 use crate::devices::virtio_blk::{DiskImage, DmaOp, VirtioBlk};
 use crate::env::{AsyncInput, AsyncPoint, EnvError, Environment, Idle, RandomKind};
+use disk_worker::DiskBackend;
 
 /// The guest's time-stamp counter rate: TSC = nanoseconds since start × 2.
 pub const TSC_HZ: u64 = 2_000_000_000;
@@ -27,11 +36,66 @@ pub const RX_BYTES_PER_SEC: u64 = 11_520;
 /// Bytes that may arrive back to back (the 16550's receive FIFO).
 const RX_BURST: u64 = 16;
 
+/// Rung by threads that produce inputs; waited on by a halted guest.
+/// A sequence number, so a wait that starts after a check cannot miss a
+/// ring that came between the two.
+#[derive(Default)]
+struct Doorbell {
+    rung: Mutex<u64>,
+    cv: Condvar,
+    kicker: Mutex<Option<Arc<dyn vcpu::Kicker>>>,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        *self.rung.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_all();
+        let kicker = self
+            .kicker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(k) = kicker {
+            k.kick();
+        }
+    }
+
+    /// The ring count, to wait on after checking for work.
+    fn seen(&self) -> u64 {
+        *self.rung.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until rung after `seen`, or `until`.
+    fn wait(&self, seen: u64, until: Option<Instant>) {
+        let mut g = self.rung.lock().unwrap_or_else(|p| p.into_inner());
+        while *g == seen {
+            match until {
+                Some(t) => {
+                    let now = Instant::now();
+                    if now >= t {
+                        return;
+                    }
+                    g = self
+                        .cv
+                        .wait_timeout(g, t - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                None => g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+
+    fn set_kicker(&self, kicker: Arc<dyn vcpu::Kicker>) {
+        *self.kicker.lock().unwrap_or_else(|p| p.into_inner()) = Some(kicker);
+    }
+}
+
 #[derive(Default)]
 struct FeedState {
     buf: VecDeque<u8>,
     closed: bool,
-    kicker: Option<Arc<dyn vcpu::Kicker>>,
+    doorbell: Option<Arc<Doorbell>>,
 }
 
 /// Serial input arriving from a host reader (a file, stdin) on its own
@@ -39,7 +103,7 @@ struct FeedState {
 /// room, which is host timing: non-deterministic.
 #[derive(Clone, Default)]
 pub struct InputFeed {
-    shared: Arc<(Mutex<FeedState>, Condvar)>,
+    shared: Arc<Mutex<FeedState>>,
 }
 
 impl std::fmt::Debug for InputFeed {
@@ -68,18 +132,17 @@ impl InputFeed {
             let mut chunk = [0u8; 4096];
             loop {
                 let n = reader.read(&mut chunk).unwrap_or(0);
-                let kicker = {
+                let doorbell = {
                     let mut s = shared.lock();
                     if n == 0 {
                         s.closed = true;
                     } else {
                         s.buf.extend(&chunk[..n]);
                     }
-                    s.kicker.clone()
+                    s.doorbell.clone()
                 };
-                shared.shared.1.notify_all();
-                if let Some(k) = kicker {
-                    k.kick();
+                if let Some(d) = doorbell {
+                    d.ring();
                 }
                 if n == 0 {
                     break;
@@ -90,7 +153,7 @@ impl InputFeed {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
-        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Take up to `max` bytes that have arrived.
@@ -116,22 +179,6 @@ impl InputFeed {
     fn open(&self) -> bool {
         !self.lock().closed
     }
-
-    /// Wait until bytes arrive, the feed closes, or `until`.
-    fn wait(&self, until: Option<Instant>) {
-        let s = self.lock();
-        if !s.buf.is_empty() || s.closed {
-            return;
-        }
-        let cv = &self.shared.1;
-        match until {
-            Some(t) => {
-                let d = t.saturating_duration_since(Instant::now());
-                drop(cv.wait_timeout(s, d));
-            }
-            None => drop(cv.wait(s)),
-        }
-    }
 }
 
 /// What a live machine is connected to.
@@ -154,8 +201,11 @@ pub struct LiveEnvironment {
     rtc: Rtc,
     uart: Uart,
     pci: PciHost,
+    /// Where the disk's requests run (`None` without a disk).
+    disk: Option<DiskBackend>,
     dma: VecDeque<DmaOp>,
     input: Option<InputFeed>,
+    doorbell: Arc<Doorbell>,
     /// Line-rate pacing of serial input: bytes that may arrive now, and when
     /// that was computed (ns).
     rx_credit: u64,
@@ -182,6 +232,15 @@ impl LiveEnvironment {
         let start_unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let doorbell = Arc::new(Doorbell::default());
+        if let Some(feed) = &cfg.input {
+            feed.lock().doorbell = Some(Arc::clone(&doorbell));
+        }
+        let blk = cfg.disk.as_ref().map(|d| VirtioBlk::new(d.geometry()));
+        let bell = Arc::clone(&doorbell);
+        let disk = cfg
+            .disk
+            .map(|d| DiskBackend::new(d, Arc::new(move || bell.ring())));
         LiveEnvironment {
             start: Instant::now(),
             start_unix,
@@ -190,13 +249,23 @@ impl LiveEnvironment {
             pit: Pit::new(),
             rtc: Rtc::new(),
             uart: Uart::new(cfg.serial_out),
-            pci: PciHost::new(cfg.disk.map(VirtioBlk::new)),
+            pci: PciHost::new(blk),
+            disk,
             dma: VecDeque::new(),
             input: cfg.input,
+            doorbell,
             rx_credit: RX_BURST,
             rx_credit_at: 0,
             rng: rand::rngs::StdRng::from_os_rng(),
             arrivals: None,
+        }
+    }
+
+    /// Choose when disk requests complete (default: on a worker thread, see
+    /// [`DiskTiming`]). Affects requests submitted afterwards.
+    pub fn set_disk_timing(&mut self, timing: DiskTiming) {
+        if let Some(d) = &mut self.disk {
+            d.set_timing(timing);
         }
     }
 
@@ -263,6 +332,24 @@ impl LiveEnvironment {
         self.sync_lines();
     }
 
+    /// Hand the requests the guest has made available to the disk, as many
+    /// as there is room for in flight.
+    fn submit_disk_requests(&mut self) {
+        let Some(disk) = &mut self.disk else { return };
+        let room = disk.room();
+        if room == 0 {
+            return;
+        }
+        for req in self.pci.take_blk_requests(&self.mem, room) {
+            disk.submit(req);
+        }
+    }
+
+    /// Whether the disk has completions to deliver now.
+    fn disk_done(&mut self) -> bool {
+        self.disk.as_mut().is_some_and(DiskBackend::has_done)
+    }
+
     fn sync_lines(&mut self) {
         if self.uart.take_irq() {
             self.pic.pulse_irq(COM1_IRQ);
@@ -310,6 +397,8 @@ impl Environment for LiveEnvironment {
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), EnvError> {
         if self.pci.claims(port) {
             self.pci.write(port, size, value);
+            // A queue notification: the requests are read from the ring now.
+            self.submit_disk_requests();
         } else {
             for i in 0..size.min(4) as u16 {
                 self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
@@ -351,12 +440,18 @@ impl Environment for LiveEnvironment {
                     self.pci.raise_blk_interrupt();
                     self.sync_lines();
                 }
-                None => match self.pci.process_one(&self.mem) {
-                    Some(ops) => self.dma.extend(ops),
+                None => match self.disk.as_mut().and_then(DiskBackend::take_done) {
+                    // A completion the driver no longer expects (reset
+                    // since) yields nothing.
+                    Some(done) => self
+                        .dma
+                        .extend(self.pci.complete_blk(done).into_iter().flatten()),
                     None => break,
                 },
             }
         }
+        // Completions made room for requests still in the ring.
+        self.submit_disk_requests();
         self.poll();
         if at.interruptible && self.pic.interrupt_pending() {
             return Ok(Some(AsyncInput::Interrupt(self.pic.acknowledge())));
@@ -370,8 +465,10 @@ impl Environment for LiveEnvironment {
     }
 
     fn idle(&mut self, limit: Option<Instant>) -> Result<Idle, EnvError> {
+        // Before looking, so a ring after the look ends the wait.
+        let seen = self.doorbell.seen();
         self.poll();
-        if self.pic.interrupt_pending() || self.pci.has_work() || !self.dma.is_empty() {
+        if self.pic.interrupt_pending() || !self.dma.is_empty() || self.disk_done() {
             return Ok(Idle::Woke);
         }
         let timer = match (self.pit.next_irq_time(), self.rx_pacing_deadline()) {
@@ -383,27 +480,23 @@ impl Environment for LiveEnvironment {
         // room (bytes already waiting were moved in by `poll`).
         let input_open = self.input.as_ref().is_some_and(|f| f.open());
         let input_can_wake = input_open && self.uart.rx_space() > 0;
-        if timer.is_none() && !input_can_wake {
+        let disk_can_wake = self.disk.as_ref().is_some_and(|d| d.in_flight() > 0);
+        if timer.is_none() && !input_can_wake && !disk_can_wake {
             return Ok(Idle::Never);
         }
         let until = match (timer, limit) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        match &self.input {
-            // Bytes already waiting only need time (pacing), not a wake-up.
-            Some(feed) if input_can_wake && !feed.has_bytes() => feed.wait(until),
-            _ => {
-                if let Some(t) = until {
-                    std::thread::sleep(t.saturating_duration_since(Instant::now()));
-                }
-            }
-        }
+        self.doorbell.wait(seen, until);
         Ok(Idle::Woke)
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
-        if !self.dma.is_empty() || self.pci.has_work() {
+        // Disk completions need no deadline: the worker kicks the vCPU when
+        // one is ready (and in exit-synchronous recording it then waits for
+        // the next instruction exit, which a deadline must not pre-empt).
+        if !self.dma.is_empty() {
             return Some(Instant::now());
         }
         match (self.pit.next_irq_time(), self.rx_pacing_deadline()) {
@@ -414,9 +507,7 @@ impl Environment for LiveEnvironment {
     }
 
     fn set_kicker(&mut self, kicker: Arc<dyn vcpu::Kicker>) {
-        if let Some(feed) = &self.input {
-            feed.lock().kicker = Some(kicker);
-        }
+        self.doorbell.set_kicker(kicker);
     }
 }
 
@@ -478,9 +569,11 @@ mod tests {
         assert_eq!(e.idle(None).unwrap(), Idle::Never);
     }
 
-    #[test]
-    fn disk_completion_is_dma_writes_then_the_interrupt() {
+    /// A guest that set up the disk and queued one read of sector 3 into
+    /// 0x2000 (status at 0x3000), not yet notified.
+    fn disk_request(timing: DiskTiming) -> (GuestMemoryMmap, LiveEnvironment) {
         let (mem, mut e) = env(None, Some(DiskImage::zeroed(16)));
+        e.set_disk_timing(timing);
         pic_init(&mut e, 0xfb, 0xf7);
         // PCI command: I/O + bus master.
         e.port_out(0xcf8, 4, 0x8000_0000 | 3 << 11 | 4).unwrap();
@@ -506,7 +599,11 @@ mod tests {
         }
         let avail = ring + 16 * 256;
         mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-        e.port_out(0xc010, 2, 0).unwrap();
+        (mem, e)
+    }
+
+    /// Asynchronous inputs up to and including the first interrupt.
+    fn until_interrupt(e: &mut LiveEnvironment) -> Vec<AsyncInput> {
         let v = NullVcpu::default();
         let at = AsyncPoint::new(&v, 0, true);
         let mut got = Vec::new();
@@ -517,6 +614,14 @@ mod tests {
                 break;
             }
         }
+        got
+    }
+
+    #[test]
+    fn disk_completion_is_dma_writes_then_the_interrupt() {
+        let (_mem, mut e) = disk_request(DiskTiming::Inline);
+        e.port_out(0xc010, 2, 0).unwrap();
+        let got = until_interrupt(&mut e);
         assert_eq!(got.len(), 5, "{got:?}");
         assert!(matches!(&got[0], AsyncInput::DmaWrite { gpa: 0x2000, data } if data.len() == 512));
         assert!(matches!(&got[1], AsyncInput::DmaWrite { gpa: 0x3000, data } if data == &[0]));
@@ -526,6 +631,83 @@ mod tests {
         e.port_out(0xa0, 1, 0x20).unwrap();
         e.port_out(0x20, 1, 0x20).unwrap();
         assert!(!e.interrupt_waiting().unwrap());
+    }
+
+    #[test]
+    fn disk_completion_arrives_later_from_the_worker_and_wakes_idle() {
+        let latency = Duration::from_millis(30);
+        let (_mem, mut e) = disk_request(DiskTiming::Worker { latency });
+        let notified = Instant::now();
+        e.port_out(0xc010, 2, 0).unwrap();
+        assert!(
+            until_interrupt(&mut e).is_empty(),
+            "nothing is ready right after the notification"
+        );
+        assert_eq!(e.next_deadline(), None, "no polling deadline for the disk");
+        // A halted guest waits for the completion; the worker's doorbell
+        // ends the wait (long before the limit).
+        let limit = Instant::now() + Duration::from_secs(20);
+        while !e.disk_done() {
+            assert_eq!(e.idle(Some(limit)).unwrap(), Idle::Woke);
+            assert!(Instant::now() < limit, "the completion never came");
+        }
+        assert!(notified.elapsed() >= latency);
+        let got = until_interrupt(&mut e);
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!(matches!(&got[0], AsyncInput::DmaWrite { gpa: 0x2000, data } if data.len() == 512));
+        assert_eq!(got[4], AsyncInput::Interrupt(0x2b));
+    }
+
+    /// A guest that publishes more requests than may be in flight: the
+    /// rest wait in its ring and are taken as completions make room; all
+    /// complete, in order.
+    #[test]
+    fn requests_beyond_the_in_flight_limit_wait_in_the_ring() {
+        const N: u16 = 40;
+        let (mem, mut e) = disk_request(DiskTiming::Worker {
+            latency: Duration::ZERO,
+        });
+        // The same chain published N times (avail ring slots are 0: head 0).
+        mem.write_obj(N, GuestAddress(0x10000 + 16 * 256 + 2))
+            .unwrap();
+        e.port_out(0xc010, 2, 0).unwrap();
+        let in_flight = |e: &LiveEnvironment| e.disk.as_ref().unwrap().in_flight();
+        assert_eq!(in_flight(&e), MAX_IN_FLIGHT);
+        let used_idx = 0x12002u64;
+        let v = NullVcpu::default();
+        let at = AsyncPoint::new(&v, 0, false);
+        let mut seen = Vec::new();
+        let limit = Instant::now() + Duration::from_secs(20);
+        while seen.len() < N as usize {
+            assert!(Instant::now() < limit, "stuck after {seen:?}");
+            while let Some(a) = e.next_async(&at).unwrap() {
+                if let AsyncInput::DmaWrite { gpa, data } = a {
+                    if gpa == used_idx {
+                        seen.push(u16::from_le_bytes([data[0], data[1]]));
+                    }
+                }
+                assert!(in_flight(&e) <= MAX_IN_FLIGHT);
+            }
+            if seen.len() < N as usize {
+                e.idle(Some(Instant::now() + Duration::from_millis(50)))
+                    .unwrap();
+            }
+        }
+        assert_eq!(seen, (1..=N).collect::<Vec<_>>());
+        assert_eq!(in_flight(&e), 0);
+    }
+
+    #[test]
+    fn a_halted_guest_with_a_request_in_flight_is_not_stuck() {
+        let (_mem, mut e) = disk_request(DiskTiming::Worker {
+            latency: Duration::from_millis(10),
+        });
+        e.port_out(0xc010, 2, 0).unwrap();
+        // No timer, no input: only the disk can wake the guest, so idle
+        // must wait for it rather than report `Never`.
+        assert_eq!(e.idle(None).unwrap(), Idle::Woke);
+        assert_eq!(until_interrupt(&mut e).len(), 5);
+        assert_eq!(e.idle(Some(Instant::now())).unwrap(), Idle::Never);
     }
 
     #[test]

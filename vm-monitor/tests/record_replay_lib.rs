@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use motion_records::Record;
 use vcpu::{CounterMode, ExitClocked, Vcpu};
 use vcpu_soft::SoftVcpu;
+use vm_monitor::devices::virtio_blk::DiskImage;
 use vm_monitor::record::{RecordOptions, RecordingEnv};
 use vm_monitor::replay::{ReplayEnd, ReplayEnv, ReplayOptions, VecSource};
 use vm_monitor::{InputFeed, LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits};
@@ -24,6 +25,15 @@ impl std::io::Write for Shared {
 }
 
 fn record(guest: &str, input: Option<&[u8]>, digest_every: u64) -> (Vec<Record>, Vec<u8>) {
+    record_with_disk(guest, input, None, digest_every)
+}
+
+fn record_with_disk(
+    guest: &str,
+    input: Option<&[u8]>,
+    disk: Option<DiskImage>,
+    digest_every: u64,
+) -> (Vec<Record>, Vec<u8>) {
     let elf = guest_images::bytes(guest).unwrap();
     let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
     let mut vcpu = SoftVcpu::new(machine.memory().clone());
@@ -35,7 +45,7 @@ fn record(guest: &str, input: Option<&[u8]>, digest_every: u64) -> (Vec<Record>,
         LiveConfig {
             serial_out: Box::new(out.clone()),
             input: input.map(InputFeed::from_bytes),
-            disk: None,
+            disk,
         },
     );
     live.keep_serial_arrivals();
@@ -100,6 +110,52 @@ fn timer_replays_exactly() {
         matches!(end, ReplayEnd::Verified { .. }),
         "skid 64: {end:?}"
     );
+    assert_eq!(replayed, out);
+}
+
+/// Disk completions come from the monitor's disk thread at host-timed
+/// points; each is recorded as its DMA writes (data, status, used element,
+/// used index, in that order) at one timepoint followed by the interrupt at
+/// the same point, and the replay — which has no disk at all — reproduces
+/// the run exactly.
+#[test]
+fn disk_completions_from_the_worker_replay_exactly() {
+    let mut img = tempfile::NamedTempFile::new().unwrap();
+    let bytes: Vec<u8> = (0..64 * 512u32).map(|i| (i * 7 + i / 509) as u8).collect();
+    std::io::Write::write_all(&mut img, &bytes).unwrap();
+    let disk = DiskImage::open(img.path(), true).unwrap();
+    let (records, out) = record_with_disk("disk", None, Some(disk), 100);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("disk: read 64 sectors"), "{text}");
+    let mut completions = 0;
+    for (i, r) in records.iter().enumerate() {
+        let Record::Interrupt(irq) = r else { continue };
+        // The DMA writes right before the interrupt, nearest first.
+        let dma: Vec<_> = records[..i]
+            .iter()
+            .rev()
+            .map_while(|r| match r {
+                Record::DmaWrite(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dma.len(), 4, "record {i}: {dma:?}");
+        let sizes: Vec<usize> = dma.iter().rev().map(|d| d.bytes.len()).collect();
+        assert_eq!(
+            sizes,
+            [4096, 1, 8, 2],
+            "data, status, used element, used index"
+        );
+        assert!(
+            dma.iter().all(|d| d.at == Some(irq.at)),
+            "record {i}: one completion lands at one point"
+        );
+        completions += 1;
+    }
+    assert_eq!(completions, 8, "one per request");
+    // No disk is given to the replay: it cannot consult one.
+    let (end, replayed) = replay("disk", records, 0);
+    assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
     assert_eq!(replayed, out);
 }
 
@@ -173,15 +229,19 @@ fn exit_sync_vcpu(machine: &Machine) -> ExitClocked<SoftVcpu> {
 
 /// Exit-synchronous mode (what the kvm backend records in here): inputs
 /// are delivered only right after instruction exits and timed by the exit
-/// count; replay delivers them at the same count, without landing.
+/// count; replay delivers them at the same count, without landing. A disk
+/// completion the worker thread finishes while the guest computes waits for
+/// the next instruction exit.
 #[test]
 fn exit_synchronous_recordings_replay_exactly() {
-    for (guest, input) in [
+    for (guest, input, disk) in [
         (
             "serial-echo",
             Some(&b"one\ntwo two\nthree three three\nquit\n"[..]),
+            false,
         ),
-        ("entropy", None),
+        ("entropy", None, false),
+        ("disk", None, true),
     ] {
         let elf = guest_images::bytes(guest).unwrap();
         let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
@@ -193,7 +253,7 @@ fn exit_synchronous_recordings_replay_exactly() {
             LiveConfig {
                 serial_out: Box::new(out.clone()),
                 input: input.map(InputFeed::from_bytes),
-                disk: None,
+                disk: disk.then(|| DiskImage::zeroed(64)),
             },
         );
         let mut env = RecordingEnv::new(
@@ -214,6 +274,10 @@ fn exit_synchronous_recordings_replay_exactly() {
         let (_, records, _) = env.finish(&vcpu, &result).unwrap();
         result.unwrap();
         let recorded = out.0.lock().unwrap().clone();
+        if disk {
+            let text = String::from_utf8_lossy(&recorded);
+            assert!(text.contains("8 requests completed by interrupt"), "{text}");
+        }
 
         let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
         let mut vcpu = exit_sync_vcpu(&machine);

@@ -9,7 +9,7 @@
 
 use vm_memory::GuestMemoryMmap;
 
-use super::virtio_blk::{DmaOp, REGS_SIZE, VirtioBlk};
+use super::virtio_blk::{DmaOp, Done, REGS_SIZE, Request, VirtioBlk};
 
 /// The I/O base assigned to the virtio-blk BAR 0.
 pub const VIRTIO_IO_BASE: u16 = 0xc000;
@@ -163,16 +163,26 @@ impl PciHost {
         }
     }
 
-    /// Let the block device process one request (see [`VirtioBlk::process_one`]).
-    pub fn process_one(&mut self, mem: &GuestMemoryMmap) -> Option<Vec<DmaOp>> {
-        let f = self.blk.as_mut()?;
+    /// Take up to `max` requests from the block device's ring (see
+    /// [`VirtioBlk::take_requests`]); none while bus mastering is off.
+    pub fn take_blk_requests(&mut self, mem: &GuestMemoryMmap, max: usize) -> Vec<Request> {
+        let Some(f) = self.blk.as_mut() else {
+            return Vec::new();
+        };
         let bus_master = f.command & 4 != 0;
-        f.dev.process_one(mem, bus_master)
+        f.dev.take_requests(mem, bus_master, max)
     }
 
-    /// Whether the block device has queued work.
+    /// Complete a block request (see [`VirtioBlk::complete`]).
+    pub fn complete_blk(&mut self, done: Done) -> Option<Vec<DmaOp>> {
+        self.blk.as_mut()?.dev.complete(done)
+    }
+
+    /// Whether the block device has requests it could take now.
     pub fn has_work(&self) -> bool {
-        self.blk.as_ref().is_some_and(|f| f.dev.has_work())
+        self.blk
+            .as_ref()
+            .is_some_and(|f| f.dev.has_work() && f.command & 4 != 0)
     }
 
     /// Raise the block device's interrupt (its ISR bit).
@@ -207,7 +217,7 @@ mod tests {
 
     #[test]
     fn enumerates_the_virtio_function() {
-        let mut host = PciHost::new(Some(VirtioBlk::new(DiskImage::zeroed(8))));
+        let mut host = PciHost::new(Some(VirtioBlk::new(DiskImage::zeroed(8).geometry())));
         assert_eq!(cfg(&mut host, 0, 0), 0x1237_8086);
         assert_eq!(cfg(&mut host, 3, 0), 0x1001_1af4);
         assert_eq!(cfg(&mut host, 4, 0), u32::MAX);
@@ -225,7 +235,7 @@ mod tests {
 
     #[test]
     fn byte_access_to_config_space() {
-        let mut host = PciHost::new(Some(VirtioBlk::new(DiskImage::zeroed(8))));
+        let mut host = PciHost::new(Some(VirtioBlk::new(DiskImage::zeroed(8).geometry())));
         host.write(0xcf8, 4, 0x8000_0000 | 3 << 11);
         assert_eq!(host.read(0xcfe, 2), 0x1001);
         assert_eq!(host.read(0xcfc, 1), 0xf4);
@@ -233,7 +243,7 @@ mod tests {
 
     #[test]
     fn io_disabled_hides_the_bar() {
-        let mut host = PciHost::new(Some(VirtioBlk::new(DiskImage::zeroed(8))));
+        let mut host = PciHost::new(Some(VirtioBlk::new(DiskImage::zeroed(8).geometry())));
         assert!(host.claims(0xc000));
         host.write(0xcf8, 4, 0x8000_0000 | 3 << 11 | 4);
         host.write(0xcfc, 2, 0);

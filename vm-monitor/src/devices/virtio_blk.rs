@@ -2,15 +2,28 @@
 //! an image file with a copy-on-write overlay (guest writes never reach the
 //! file, so an image can be hashed and replayed against).
 //!
-//! The device never touches guest memory by itself: it reads descriptors
-//! through a `&GuestMemoryMmap` and returns every write it wants to make as a
-//! [`DmaOp`], which the environment hands to the machine as an asynchronous
-//! input. One request is processed per call, so a request sees the effects of
-//! the DMA writes of the requests before it, as on hardware.
+//! A request goes through three steps, split so that the slow one can run
+//! on another thread while the guest keeps running, as on real hardware:
+//!
+//! 1. [`VirtioBlk::take_requests`], on the vCPU's thread when the guest
+//!    notifies the queue: walk and validate each available descriptor chain
+//!    and turn it into a [`Request`] (addresses, sector, and for writes the
+//!    bytes, copied out of guest memory now).
+//! 2. [`DiskImage::execute`], anywhere (the live environment runs it on a
+//!    host worker thread, `live/disk_worker.rs`): the real disk I/O. It
+//!    never touches guest memory; it returns a [`Done`] with the bytes to
+//!    write back.
+//! 3. [`VirtioBlk::complete`], on the vCPU's thread when the environment
+//!    delivers the completion: the [`DmaOp`]s in the order a device makes
+//!    them visible — data, status byte, used-ring element, used index, then
+//!    the interrupt — which the environment hands to the machine as
+//!    asynchronous inputs. The used index is never visible before the data.
 //!
 //! Guest-controlled rings are hostile input: every address, length, index and
 //! chain is checked; a malformed ring marks the device broken (as QEMU's
-//! `virtio_error` does) until the driver resets it.
+//! `virtio_error` does) until the driver resets it. A request that is well
+//! formed but cannot be served (out of range, too long, a write to a
+//! read-only disk, an unknown type) completes with an error status instead.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -52,6 +65,15 @@ pub enum DiskError {
         /// Why.
         reason: std::io::Error,
     },
+}
+
+/// What the guest can see of a disk without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Capacity in sectors.
+    pub sectors: u64,
+    /// Whether writes fail (and the device offers VIRTIO_BLK_F_RO).
+    pub read_only: bool,
 }
 
 /// The disk contents: an image file plus an in-memory overlay of written sectors.
@@ -96,6 +118,14 @@ impl DiskImage {
         self.sectors
     }
 
+    /// Capacity and write permission, for the device's registers.
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            sectors: self.sectors,
+            read_only: self.read_only,
+        }
+    }
+
     fn read_sector(&self, n: u64, buf: &mut [u8; SECTOR as usize]) -> std::io::Result<()> {
         if let Some(s) = self.overlay.get(&n) {
             buf.copy_from_slice(s);
@@ -109,6 +139,129 @@ impl DiskImage {
             }
         }
     }
+
+    /// Carry out a validated request: the real I/O. Requests must be
+    /// executed in the order they were taken, so a read sees the writes
+    /// queued before it.
+    pub fn execute(&mut self, req: Request) -> Done {
+        let mut writes = Vec::new();
+        let mut written = 0u32;
+        let status = match req.op {
+            BlkOp::Read { sector, bufs } => {
+                let total: u64 = bufs.iter().map(|&(_, len)| len as u64).sum();
+                let mut bytes = Vec::with_capacity(total as usize);
+                let mut buf = [0u8; SECTOR as usize];
+                let mut ok = true;
+                for s in 0..total / SECTOR {
+                    if self.read_sector(sector + s, &mut buf).is_err() {
+                        ok = false;
+                        break;
+                    }
+                    bytes.extend_from_slice(&buf);
+                }
+                if ok {
+                    let mut off = 0usize;
+                    for (gpa, len) in bufs {
+                        let n = len as usize;
+                        writes.push((gpa, bytes[off..off + n].to_vec()));
+                        off += n;
+                    }
+                    written = total as u32;
+                    S_OK
+                } else {
+                    S_IOERR
+                }
+            }
+            BlkOp::Write { sector, data } => {
+                for (k, chunk) in data.chunks_exact(SECTOR as usize).enumerate() {
+                    let mut s = [0u8; SECTOR as usize];
+                    s.copy_from_slice(chunk);
+                    self.overlay.insert(sector + k as u64, s);
+                }
+                S_OK
+            }
+            BlkOp::GetId { gpa, len } => {
+                let n = (len as usize).min(DEVICE_ID.len());
+                writes.push((gpa, DEVICE_ID[..n].to_vec()));
+                written = n as u32;
+                S_OK
+            }
+            BlkOp::Flush => S_OK,
+            BlkOp::Fail(status) => status,
+        };
+        Done {
+            generation: req.generation,
+            head: req.head,
+            status_gpa: req.status_gpa,
+            status,
+            writes,
+            written,
+        }
+    }
+}
+
+/// What a validated request asks the disk to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlkOp {
+    /// Read whole sectors from `sector` into the guest buffers, in order.
+    Read {
+        /// First sector.
+        sector: u64,
+        /// Guest buffers (address, length), device-writable, lengths summing
+        /// to whole sectors.
+        bufs: Vec<(u64, u32)>,
+    },
+    /// Write these bytes (whole sectors, copied from the guest at notify
+    /// time) from `sector`.
+    Write {
+        /// First sector.
+        sector: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Write the device's serial number into a guest buffer.
+    GetId {
+        /// Guest address.
+        gpa: u64,
+        /// Buffer length.
+        len: u32,
+    },
+    /// Make writes durable (a no-op: writes live in memory).
+    Flush,
+    /// Complete with this error status without touching the disk.
+    Fail(u8),
+}
+
+/// A request taken from the ring, validated, ready for [`DiskImage::execute`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The device's generation when the request was taken; a completion
+    /// from before a reset or queue change is dropped.
+    pub generation: u64,
+    /// Head descriptor index (the used-ring element's id).
+    pub head: u16,
+    /// Where the status byte goes.
+    pub status_gpa: u64,
+    /// What to do.
+    pub op: BlkOp,
+}
+
+/// A carried-out request: what [`VirtioBlk::complete`] makes visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    /// As in the [`Request`].
+    pub generation: u64,
+    /// As in the [`Request`].
+    pub head: u16,
+    /// As in the [`Request`].
+    pub status_gpa: u64,
+    /// The virtio status byte.
+    pub status: u8,
+    /// Bytes for guest memory (address, data), in order.
+    pub writes: Vec<(u64, Vec<u8>)>,
+    /// Bytes written into guest buffers (the used element's length, less
+    /// the status byte).
+    pub written: u32,
 }
 
 /// What the device does to the machine, in order.
@@ -128,7 +281,7 @@ pub enum DmaOp {
 /// The virtio-blk function (registers and queue state).
 #[derive(Debug)]
 pub struct VirtioBlk {
-    disk: DiskImage,
+    geometry: Geometry,
     guest_features: u32,
     queue_pfn: u32,
     queue_sel: u16,
@@ -138,6 +291,7 @@ pub struct VirtioBlk {
     used_idx: u16,
     kicked: bool,
     broken: Option<String>,
+    generation: u64,
 }
 
 fn rd<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, gpa: u64) -> Result<T, String> {
@@ -153,10 +307,10 @@ struct Desc {
 }
 
 impl VirtioBlk {
-    /// A device in reset state backed by `disk`.
-    pub fn new(disk: DiskImage) -> Self {
+    /// A device in reset state for a disk of `geometry`.
+    pub fn new(geometry: Geometry) -> Self {
         VirtioBlk {
-            disk,
+            geometry,
             guest_features: 0,
             queue_pfn: 0,
             queue_sel: 0,
@@ -166,19 +320,15 @@ impl VirtioBlk {
             used_idx: 0,
             kicked: false,
             broken: None,
+            generation: 0,
         }
     }
 
     fn reset(&mut self) {
-        self.guest_features = 0;
-        self.queue_pfn = 0;
-        self.queue_sel = 0;
-        self.status = 0;
-        self.isr = 0;
-        self.last_avail = 0;
-        self.used_idx = 0;
-        self.kicked = false;
-        self.broken = None;
+        *self = VirtioBlk {
+            generation: self.generation.wrapping_add(1),
+            ..VirtioBlk::new(self.geometry)
+        };
     }
 
     /// Why the device stopped processing, if a malformed ring broke it.
@@ -192,7 +342,7 @@ impl VirtioBlk {
     }
 
     fn host_features(&self) -> u32 {
-        if self.disk.read_only { F_RO } else { 0 }
+        if self.geometry.read_only { F_RO } else { 0 }
     }
 
     fn reg_bytes(&self) -> [u8; REGS_SIZE as usize] {
@@ -210,7 +360,7 @@ impl VirtioBlk {
         r[14..16].copy_from_slice(&self.queue_sel.to_le_bytes());
         r[0x12] = self.status;
         r[0x13] = self.isr;
-        r[0x14..0x1c].copy_from_slice(&self.disk.sectors.to_le_bytes());
+        r[0x14..0x1c].copy_from_slice(&self.geometry.sectors.to_le_bytes());
         r[0x28..0x2c].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         r
     }
@@ -235,6 +385,10 @@ impl VirtioBlk {
         match (offset, size) {
             (0x04, 4) => self.guest_features = val & self.host_features(),
             (0x08, 4) if self.queue_sel == 0 => {
+                if val != self.queue_pfn {
+                    // Requests in flight belong to the old ring.
+                    self.generation = self.generation.wrapping_add(1);
+                }
                 self.queue_pfn = val;
                 if val == 0 {
                     self.last_avail = 0;
@@ -254,7 +408,7 @@ impl VirtioBlk {
         }
     }
 
-    /// Whether a notified queue may have requests to process.
+    /// Whether a notified queue may have requests to take.
     pub fn has_work(&self) -> bool {
         self.kicked && self.queue_pfn != 0 && self.broken.is_none()
     }
@@ -267,24 +421,31 @@ impl VirtioBlk {
         (desc, avail, used)
     }
 
-    /// Process the next available request, if any: the DMA writes and the
-    /// interrupt that complete it. `dma_allowed` is the PCI bus-master bit.
-    pub fn process_one(&mut self, mem: &GuestMemoryMmap, dma_allowed: bool) -> Option<Vec<DmaOp>> {
-        if !self.has_work() || !dma_allowed {
-            return None;
+    /// Take up to `max` available requests (fewer if the ring runs dry or
+    /// turns out malformed, which breaks the device). `dma_allowed` is the
+    /// PCI bus-master bit. While requests remain beyond `max`, the queue
+    /// stays notified ([`VirtioBlk::has_work`]).
+    pub fn take_requests(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        dma_allowed: bool,
+        max: usize,
+    ) -> Vec<Request> {
+        let mut out = Vec::new();
+        if !dma_allowed {
+            return out;
         }
-        match self.try_process(mem) {
-            Ok(Some(ops)) => Some(ops),
-            Ok(None) => {
-                self.kicked = false;
-                None
-            }
-            Err(why) => {
-                tracing::warn!("virtio-blk: {why}; device broken until reset");
-                self.broken = Some(why);
-                None
+        while self.has_work() && out.len() < max {
+            match self.try_take(mem) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => self.kicked = false,
+                Err(why) => {
+                    tracing::warn!("virtio-blk: {why}; device broken until reset");
+                    self.broken = Some(why);
+                }
             }
         }
+        out
     }
 
     fn desc(&self, mem: &GuestMemoryMmap, table: u64, i: u16) -> Result<Desc, String> {
@@ -300,8 +461,8 @@ impl VirtioBlk {
         })
     }
 
-    fn try_process(&mut self, mem: &GuestMemoryMmap) -> Result<Option<Vec<DmaOp>>, String> {
-        let (table, avail, used) = self.ring();
+    fn try_take(&mut self, mem: &GuestMemoryMmap) -> Result<Option<Request>, String> {
+        let (table, avail, _) = self.ring();
         let avail_idx: u16 = rd(mem, avail + 2)?;
         if avail_idx == self.last_avail {
             return Ok(None);
@@ -332,11 +493,9 @@ impl VirtioBlk {
             }
             i = next;
         }
-        if chain.len() < 2 {
+        let [hdr, data @ .., status] = chain.as_slice() else {
             return Err(format!("request {head} has {} descriptor(s)", chain.len()));
-        }
-        let (hdr, rest) = chain.split_first().expect("len >= 2");
-        let (status, data) = rest.split_last().expect("len >= 2");
+        };
         if hdr.flags & DESC_WRITE != 0 || hdr.len < 16 {
             return Err(format!("request {head}: bad header descriptor"));
         }
@@ -346,91 +505,84 @@ impl VirtioBlk {
         let kind: u32 = rd(mem, hdr.addr)?;
         let sector: u64 = rd(mem, hdr.addr + 8)?;
         let total: u64 = data.iter().map(|d| d.len as u64).sum();
-
-        let mut ops = Vec::new();
-        let mut written = 0u32;
-        let st = match kind {
-            T_IN | T_OUT if total > MAX_REQUEST_BYTES || total % SECTOR != 0 => S_IOERR,
+        let geometry = self.geometry;
+        let op = match kind {
+            T_IN | T_OUT if total > MAX_REQUEST_BYTES || total % SECTOR != 0 => {
+                BlkOp::Fail(S_IOERR)
+            }
             T_IN | T_OUT
                 if sector
                     .checked_add(total / SECTOR)
-                    .is_none_or(|end| end > self.disk.sectors) =>
+                    .is_none_or(|end| end > geometry.sectors) =>
             {
-                S_IOERR
+                BlkOp::Fail(S_IOERR)
             }
             T_IN => {
                 if data.iter().any(|d| d.flags & DESC_WRITE == 0) {
                     return Err(format!("request {head}: read into a read-only buffer"));
                 }
-                let mut bytes = Vec::with_capacity(total as usize);
-                let mut buf = [0u8; SECTOR as usize];
-                let mut ok = true;
-                for s in 0..total / SECTOR {
-                    if self.disk.read_sector(sector + s, &mut buf).is_err() {
-                        ok = false;
-                        break;
-                    }
-                    bytes.extend_from_slice(&buf);
-                }
-                if ok {
-                    let mut off = 0usize;
-                    for d in data {
-                        let n = d.len as usize;
-                        ops.push(DmaOp::Write {
-                            gpa: d.addr,
-                            data: bytes[off..off + n].to_vec(),
-                        });
-                        off += n;
-                    }
-                    written = total as u32;
-                    S_OK
-                } else {
-                    S_IOERR
+                BlkOp::Read {
+                    sector,
+                    bufs: data.iter().map(|d| (d.addr, d.len)).collect(),
                 }
             }
+            T_OUT if geometry.read_only => BlkOp::Fail(S_IOERR),
             T_OUT => {
-                if self.disk.read_only {
-                    S_IOERR
-                } else {
-                    let mut bytes = Vec::with_capacity(total as usize);
-                    for d in data {
-                        let mut b = vec![0u8; d.len as usize];
-                        mem.read_slice(&mut b, GuestAddress(d.addr))
-                            .map_err(|e| format!("request {head}: reading {:#x}: {e}", d.addr))?;
-                        bytes.extend_from_slice(&b);
-                    }
-                    for (k, chunk) in bytes.chunks_exact(SECTOR as usize).enumerate() {
-                        let mut s = [0u8; SECTOR as usize];
-                        s.copy_from_slice(chunk);
-                        self.disk.overlay.insert(sector + k as u64, s);
-                    }
-                    S_OK
+                // Copied now: the guest may reuse its buffers once the
+                // request completes, and the disk runs elsewhere.
+                let mut bytes = Vec::with_capacity(total as usize);
+                for d in data {
+                    let mut b = vec![0u8; d.len as usize];
+                    mem.read_slice(&mut b, GuestAddress(d.addr))
+                        .map_err(|e| format!("request {head}: reading {:#x}: {e}", d.addr))?;
+                    bytes.extend_from_slice(&b);
+                }
+                BlkOp::Write {
+                    sector,
+                    data: bytes,
                 }
             }
-            T_FLUSH => S_OK,
-            T_GET_ID => {
-                if let Some(d) = data.first().filter(|d| d.flags & DESC_WRITE != 0) {
-                    let n = (d.len as usize).min(DEVICE_ID.len());
-                    ops.push(DmaOp::Write {
-                        gpa: d.addr,
-                        data: DEVICE_ID[..n].to_vec(),
-                    });
-                    written = n as u32;
-                    S_OK
-                } else {
-                    S_IOERR
-                }
-            }
-            _ => S_UNSUPP,
+            T_FLUSH => BlkOp::Flush,
+            T_GET_ID => match data.first().filter(|d| d.flags & DESC_WRITE != 0) {
+                Some(d) => BlkOp::GetId {
+                    gpa: d.addr,
+                    len: d.len,
+                },
+                None => BlkOp::Fail(S_IOERR),
+            },
+            _ => BlkOp::Fail(S_UNSUPP),
         };
+        Ok(Some(Request {
+            generation: self.generation,
+            head,
+            status_gpa: status.addr,
+            op,
+        }))
+    }
+
+    /// Make a carried-out request visible: its data, the status byte, the
+    /// used-ring element and index (in that order, so the driver never sees
+    /// the index before the data), then the interrupt. `None` for a
+    /// completion the driver no longer expects (the device was reset, the
+    /// queue moved, or a malformed ring broke it).
+    pub fn complete(&mut self, done: Done) -> Option<Vec<DmaOp>> {
+        if done.generation != self.generation || self.queue_pfn == 0 || self.broken.is_some() {
+            return None;
+        }
+        let (_, _, used) = self.ring();
+        let mut ops: Vec<DmaOp> = done
+            .writes
+            .into_iter()
+            .map(|(gpa, data)| DmaOp::Write { gpa, data })
+            .collect();
         ops.push(DmaOp::Write {
-            gpa: status.addr,
-            data: vec![st],
+            gpa: done.status_gpa,
+            data: vec![done.status],
         });
         let elem = used + 4 + 8 * (self.used_idx % QUEUE_SIZE) as u64;
         let mut e = Vec::with_capacity(8);
-        e.extend_from_slice(&(head as u32).to_le_bytes());
-        e.extend_from_slice(&(written + 1).to_le_bytes());
+        e.extend_from_slice(&(done.head as u32).to_le_bytes());
+        e.extend_from_slice(&done.written.wrapping_add(1).to_le_bytes());
         ops.push(DmaOp::Write { gpa: elem, data: e });
         self.used_idx = self.used_idx.wrapping_add(1);
         ops.push(DmaOp::Write {
@@ -438,7 +590,7 @@ impl VirtioBlk {
             data: self.used_idx.to_le_bytes().to_vec(),
         });
         ops.push(DmaOp::Interrupt);
-        Ok(Some(ops))
+        Some(ops)
     }
 
     /// Called when the device's [`DmaOp::Interrupt`] is carried out.
@@ -453,19 +605,32 @@ mod tests {
 
     const PFN: u32 = 0x10; // ring at 64 KiB
 
-    fn setup() -> (GuestMemoryMmap, VirtioBlk) {
+    fn setup() -> (GuestMemoryMmap, VirtioBlk, DiskImage) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         let data: Vec<u8> = (0..8 * 512u32)
             .map(|i| (i / 512) as u8 ^ (i as u8))
             .collect();
         std::io::Write::write_all(&mut f, &data).unwrap();
-        let mut dev = VirtioBlk::new(DiskImage::open(f.path(), false).unwrap());
+        let disk = DiskImage::open(f.path(), false).unwrap();
+        let mut dev = VirtioBlk::new(disk.geometry());
         dev.write(0x12, 1, 7);
         dev.write(0x0e, 2, 0);
         assert_eq!(dev.read(0x0c, 2), QUEUE_SIZE as u32);
         dev.write(0x08, 4, PFN);
-        (mem, dev)
+        (mem, dev, disk)
+    }
+
+    /// Take, execute and complete one request, as the live environment does
+    /// (there across two threads).
+    fn process_one(
+        dev: &mut VirtioBlk,
+        disk: &mut DiskImage,
+        mem: &GuestMemoryMmap,
+        dma: bool,
+    ) -> Option<Vec<DmaOp>> {
+        let req = dev.take_requests(mem, dma, 1).pop()?;
+        dev.complete(disk.execute(req))
     }
 
     fn desc(mem: &GuestMemoryMmap, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
@@ -493,13 +658,19 @@ mod tests {
 
     #[test]
     fn reads_sectors_by_dma_then_interrupts() {
-        let (mem, mut dev) = setup();
+        let (mem, mut dev, mut disk) = setup();
         request(&mem, T_IN, 2, 1024);
         publish(&mem, 0, 1);
-        assert!(dev.process_one(&mem, true).is_none(), "not notified yet");
+        assert!(
+            process_one(&mut dev, &mut disk, &mem, true).is_none(),
+            "not notified yet"
+        );
         dev.write(0x10, 2, 0);
-        assert!(dev.process_one(&mem, false).is_none(), "bus master off");
-        let ops = dev.process_one(&mem, true).unwrap();
+        assert!(
+            process_one(&mut dev, &mut disk, &mem, false).is_none(),
+            "bus master off"
+        );
+        let ops = process_one(&mut dev, &mut disk, &mem, true).unwrap();
         let DmaOp::Write { gpa, data } = &ops[0] else {
             panic!("{ops:?}")
         };
@@ -515,7 +686,10 @@ mod tests {
             }
         );
         assert_eq!(ops.last(), Some(&DmaOp::Interrupt));
-        assert!(dev.process_one(&mem, true).is_none(), "queue drained");
+        assert!(
+            process_one(&mut dev, &mut disk, &mem, true).is_none(),
+            "queue drained"
+        );
         assert!(!dev.line());
         dev.raise_interrupt();
         assert!(dev.line());
@@ -524,12 +698,39 @@ mod tests {
     }
 
     #[test]
+    fn the_used_index_follows_the_data_and_status() {
+        let (mem, mut dev, mut disk) = setup();
+        request(&mem, T_IN, 0, 512);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        let ops = process_one(&mut dev, &mut disk, &mem, true).unwrap();
+        let used = ((PFN as u64) << 12) + 16 * QUEUE_SIZE as u64 + 6 + 2 * QUEUE_SIZE as u64;
+        let used = used.next_multiple_of(4096);
+        let gpas: Vec<u64> = ops
+            .iter()
+            .filter_map(|o| match o {
+                DmaOp::Write { gpa, .. } => Some(*gpa),
+                DmaOp::Interrupt => None,
+            })
+            .collect();
+        assert_eq!(gpas, [0x2000, 0x3000, used + 4, used + 2]);
+        assert_eq!(
+            ops[2],
+            DmaOp::Write {
+                gpa: used + 4,
+                data: [0u32.to_le_bytes(), 513u32.to_le_bytes()].concat()
+            }
+        );
+        assert_eq!(ops.len(), 5);
+    }
+
+    #[test]
     fn out_of_range_read_fails_with_ioerr() {
-        let (mem, mut dev) = setup();
+        let (mem, mut dev, mut disk) = setup();
         request(&mem, T_IN, 7, 1024);
         publish(&mem, 0, 1);
         dev.write(0x10, 2, 0);
-        let ops = dev.process_one(&mem, true).unwrap();
+        let ops = process_one(&mut dev, &mut disk, &mem, true).unwrap();
         assert_eq!(
             ops[0],
             DmaOp::Write {
@@ -541,28 +742,74 @@ mod tests {
 
     #[test]
     fn writes_go_to_the_overlay() {
-        let (mem, mut dev) = setup();
+        let (mem, mut dev, mut disk) = setup();
         mem.write_slice(&[0x5a; 512], GuestAddress(0x2000)).unwrap();
         request(&mem, T_OUT, 1, 512);
         desc(&mem, 1, 0x2000, 512, DESC_NEXT, 2);
         publish(&mem, 0, 1);
         dev.write(0x10, 2, 0);
-        dev.process_one(&mem, true).unwrap();
+        let req = dev.take_requests(&mem, true, 1).pop().unwrap();
+        // The bytes were copied when the request was taken: the guest
+        // changing its buffer afterwards does not change what is written.
+        mem.write_slice(&[0x11; 512], GuestAddress(0x2000)).unwrap();
+        dev.complete(disk.execute(req)).unwrap();
         request(&mem, T_IN, 1, 512);
         publish(&mem, 0, 2);
         dev.write(0x10, 2, 0);
-        let ops = dev.process_one(&mem, true).unwrap();
+        let ops = process_one(&mut dev, &mut disk, &mem, true).unwrap();
         assert!(matches!(&ops[0], DmaOp::Write { data, .. } if data.iter().all(|&b| b == 0x5a)));
     }
 
     #[test]
+    fn takes_at_most_max_requests_and_stays_notified() {
+        let (mem, mut dev, mut disk) = setup();
+        request(&mem, T_IN, 0, 512);
+        for idx in 1..=3 {
+            publish(&mem, 0, idx);
+        }
+        dev.write(0x10, 2, 0);
+        let first = dev.take_requests(&mem, true, 2);
+        assert_eq!(first.len(), 2);
+        assert!(dev.has_work(), "a third request waits");
+        let rest = dev.take_requests(&mem, true, 8);
+        assert_eq!(rest.len(), 1);
+        assert!(!dev.has_work());
+        for r in first.into_iter().chain(rest) {
+            assert!(dev.complete(disk.execute(r)).is_some());
+        }
+    }
+
+    #[test]
+    fn completions_from_before_a_reset_are_dropped() {
+        let (mem, mut dev, mut disk) = setup();
+        request(&mem, T_IN, 0, 512);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        let req = dev.take_requests(&mem, true, 1).pop().unwrap();
+        let done = disk.execute(req);
+        dev.write(0x12, 1, 0);
+        dev.write(0x12, 1, 7);
+        dev.write(0x08, 4, PFN);
+        assert!(dev.complete(done.clone()).is_none(), "reset since");
+        // Moving the queue also orphans requests in flight.
+        let (mem, mut dev, mut disk) = setup();
+        request(&mem, T_IN, 0, 512);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        let req = dev.take_requests(&mem, true, 1).pop().unwrap();
+        let done = disk.execute(req);
+        dev.write(0x08, 4, PFN + 4);
+        assert!(dev.complete(done).is_none(), "queue moved since");
+    }
+
+    #[test]
     fn looping_chain_breaks_the_device_until_reset() {
-        let (mem, mut dev) = setup();
+        let (mem, mut dev, mut disk) = setup();
         desc(&mem, 0, 0x1000, 16, DESC_NEXT, 1);
         desc(&mem, 1, 0x2000, 16, DESC_NEXT, 0);
         publish(&mem, 0, 1);
         dev.write(0x10, 2, 0);
-        assert!(dev.process_one(&mem, true).is_none());
+        assert!(process_one(&mut dev, &mut disk, &mem, true).is_none());
         assert!(dev.broken().unwrap().contains("loops"));
         dev.write(0x12, 1, 0);
         assert!(dev.broken().is_none());
@@ -570,13 +817,23 @@ mod tests {
 
     #[test]
     fn descriptor_outside_memory_breaks_the_device() {
-        let (mem, mut dev) = setup();
+        let (mem, mut dev, mut disk) = setup();
         mem.write_obj(0u32, GuestAddress(0x1000)).unwrap();
         desc(&mem, 0, 0xffff_0000_0000, 16, DESC_NEXT, 1);
         desc(&mem, 1, 0x3000, 1, DESC_WRITE, 0);
         publish(&mem, 0, 1);
         dev.write(0x10, 2, 0);
-        assert!(dev.process_one(&mem, true).is_none());
+        assert!(process_one(&mut dev, &mut disk, &mem, true).is_none());
         assert!(dev.broken().unwrap().contains("reading guest memory"));
+    }
+
+    #[test]
+    fn a_single_descriptor_request_breaks_the_device() {
+        let (mem, mut dev, mut disk) = setup();
+        desc(&mem, 0, 0x1000, 16, 0, 0);
+        publish(&mem, 0, 1);
+        dev.write(0x10, 2, 0);
+        assert!(process_one(&mut dev, &mut disk, &mem, true).is_none());
+        assert!(dev.broken().unwrap().contains("1 descriptor(s)"));
     }
 }

@@ -23,7 +23,7 @@ pub fn cli() {
 pub fn sti() {
     let was = IF.swap(true, Ordering::SeqCst);
     if !was {
-        interrupts::dispatch_pending();
+        interrupts::sti_dispatch();
     }
 }
 

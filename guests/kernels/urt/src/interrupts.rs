@@ -106,6 +106,29 @@ fn dispatch(irq: u8) {
     crate::cpu::set_interrupts_enabled(was);
 }
 
+/// Select the interrupt request register for plain reads of port 0x20/0xa0
+/// (OCW3 RR = 1, RIS = 0), which [`sti_dispatch`] relies on. `pic::init`
+/// leaves it so too; `pic::in_service` switches to the ISR.
+pub(crate) fn select_irr() {
+    // SAFETY: PIC commands; no memory effects.
+    unsafe {
+        outb(0x20, 0x0a);
+        outb(0xa0, 0x0a);
+    }
+}
+
+/// What STI does: take the interrupts requested now. The common case, none,
+/// costs one exit (a read of the master's IRR: slave requests show as its
+/// cascade line 2) instead of a poll's two. The IRR also holds masked lines,
+/// which then cost an empty poll. Should another register be selected
+/// (`pic::in_service`), an interrupt is taken at the next wait at the latest.
+pub(crate) fn sti_dispatch() {
+    // SAFETY: reads the selected PIC register; no memory effects.
+    if unsafe { inb(0x20) } != 0 {
+        dispatch_pending();
+    }
+}
+
 /// Handle every interrupt that is requested now. Returns how many.
 pub(crate) fn dispatch_pending() -> u32 {
     let mut n = 0;

@@ -100,6 +100,7 @@ unsafe extern "Rust" {
 extern "C" fn urt_start(start_info: u32) -> ! {
     serial::init();
     pic::init();
+    interrupts::select_irr();
     let info = boot::BootInfo::parse(start_info);
     // SAFETY: `guest_main` is defined by the guest binary with this signature.
     let status = unsafe { guest_main(&info) };

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Disk image for the virtio-blk device (guest writes stay in memory).
     #[arg(long)]
     pub disk: Option<PathBuf>,
+    /// Service time the disk worker waits before each request's I/O, in
+    /// microseconds (default 50; 0 for none).
+    #[arg(long, requires = "disk")]
+    pub disk_latency_us: Option<u64>,
     /// Serial input: a file, or `-` for standard input.
     #[arg(long)]
     pub input: Option<PathBuf>,
@@ -130,6 +134,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             disk,
         },
     );
+    if let Some(us) = args.disk_latency_us {
+        env.set_disk_timing(vm_monitor::live::DiskTiming::Worker {
+            latency: Duration::from_micros(us),
+        });
+    }
     let limits = RunLimits {
         wall: args.timeout.map(Duration::from_secs_f64),
         exits: None,
