@@ -201,6 +201,9 @@ pub struct ReplayEnv<S> {
     /// What the recording's backend could not trap, and its name.
     untrapped: Vec<Untrapped>,
     recorded_on: String,
+    /// What this replay's backend cannot trap, and its name.
+    replay_untrapped: Vec<Untrapped>,
+    replay_on: String,
 }
 
 fn describe(r: &Record) -> String {
@@ -275,6 +278,8 @@ impl<S: RecordSource> ReplayEnv<S> {
             tp_cache: None,
             untrapped: Vec::new(),
             recorded_on: String::new(),
+            replay_untrapped: Vec::new(),
+            replay_on: String::new(),
         }
     }
 
@@ -288,6 +293,15 @@ impl<S: RecordSource> ReplayEnv<S> {
     pub fn with_untrapped(mut self, backend: &str, untrapped: Vec<Untrapped>) -> Self {
         self.untrapped = untrapped;
         self.recorded_on = backend.to_string();
+        self
+    }
+
+    /// The replay runs on a backend (`backend`) that cannot trap
+    /// `untrapped` either: a guest executing them gets the host's values
+    /// here whatever the log says. Divergences mention it.
+    pub fn with_replay_untrapped(mut self, backend: &str, untrapped: Vec<Untrapped>) -> Self {
+        self.replay_untrapped = untrapped;
+        self.replay_on = backend.to_string();
         self
     }
 
@@ -365,12 +379,26 @@ impl<S: RecordSource> ReplayEnv<S> {
         let at = vcpu.and_then(|v| digest::point(v, self.opts.vcpu_index).ok());
         let actual_regs = vcpu.and_then(|v| v.regs().ok());
         let mut what = what;
+        let names = |l: &[Untrapped]| l.iter().map(|u| u.name()).collect::<Vec<_>>().join(", ");
+        let mut notes = Vec::new();
         if !self.untrapped.is_empty() && !what.contains("could not trap") {
-            let names: Vec<&str> = self.untrapped.iter().map(|u| u.name()).collect();
-            what += &format!(
-                " (note: the recording's backend ({}) could not trap {}; if the guest executed one, the host's value reached it unrecorded and a divergence is expected)",
+            notes.push(format!(
+                "the recording's backend ({}) could not trap {}",
                 self.recorded_on,
-                names.join(", ")
+                names(&self.untrapped)
+            ));
+        }
+        if !self.replay_untrapped.is_empty() {
+            notes.push(format!(
+                "this replay's backend ({}) cannot trap {}",
+                self.replay_on,
+                names(&self.replay_untrapped)
+            ));
+        }
+        if !notes.is_empty() {
+            what += &format!(
+                " (note: {}; if the guest executed one, a host value reached it unrecorded and a divergence is expected)",
+                notes.join("; ")
             );
         }
         let d = Divergence {

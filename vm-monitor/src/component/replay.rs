@@ -86,7 +86,11 @@ pub(super) fn load_replay(g: &mut Monitor, load: &ReplayLoad) -> VmResult<Reply>
     )
     .map_err(load_err)?;
     let skid = u64::from(load.pmi_skid);
-    let BuiltVcpu { vcpu, .. } = build_vcpu(&machine, &load.backend, info.counter_mode, skid)?;
+    let BuiltVcpu {
+        vcpu,
+        untrapped: replay_untrapped,
+        ..
+    } = build_vcpu(&machine, &load.backend, info.counter_mode, skid)?;
     let shared = Arc::new(Shared::default());
     let (tx, rx) = crossbeam_channel::unbounded();
     let env = ReplayEnv::new(
@@ -106,7 +110,8 @@ pub(super) fn load_replay(g: &mut Monitor, load: &ReplayLoad) -> VmResult<Reply>
         },
         Box::new(SharedOutput(Arc::clone(&shared))),
     )
-    .with_untrapped(&info.backend, info.untrapped.clone());
+    .with_untrapped(&info.backend, info.untrapped.clone())
+    .with_replay_untrapped(&load.backend, replay_untrapped);
     let _ = shared.live_records.set(env.progress());
     let kicker = vcpu.kicker();
     let sh = Arc::clone(&shared);
