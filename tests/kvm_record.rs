@@ -280,3 +280,42 @@ fn untrapped_instructions_on_kvm_make_replays_diverge_visibly() {
         );
     }
 }
+
+/// The other way round: on soft (exit-synchronous) every RDTSC/RDRAND/
+/// CPUID of `entropy-r3` is trapped and logged, so the log replays on soft;
+/// on kvm the guest executes them on the host CPU instead of taking the
+/// logged values, and the replay says so.
+#[test]
+fn a_soft_log_of_a_tsc_reading_guest_diverges_on_kvm_and_says_why() {
+    if !kvm_ready("a_soft_log_of_a_tsc_reading_guest_diverges_on_kvm_and_says_why") {
+        return;
+    }
+    let fx = Fixtures::new();
+    let g = fx.guest("entropy-r3");
+    let log = fx.path("entropy-r3-soft.motionlog");
+    let rec = record(&g, &log, &["--counter-mode", "exit-synchronous"]);
+    assert_eq!(rec.code, Some(0), "{}\n{}", rec.stderr, rec.text);
+    let (_, records) = read_log(&log);
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r, motion_records::Record::Rdtsc(_))),
+        "soft traps RDTSC and logs its value"
+    );
+    let digest = final_digest(&records).expect("a final digest");
+    let on_soft = replay(&g, &log, &["--backend", "soft"]);
+    assert_verified(
+        "entropy-r3 soft log on soft",
+        &rec,
+        &on_soft,
+        &digest,
+        records.len(),
+    );
+    let on_kvm = replay(&g, &log, &["--backend", "kvm"]);
+    assert_eq!(on_kvm.code, Some(2), "{}\n{}", on_kvm.stderr, on_kvm.text);
+    let what = on_kvm.json["divergence"].as_str().unwrap_or_default();
+    assert!(
+        what.contains("this replay's backend (kvm) cannot trap"),
+        "{what}"
+    );
+}
