@@ -319,3 +319,37 @@ fn a_soft_log_of_a_tsc_reading_guest_diverges_on_kvm_and_says_why() {
         "{what}"
     );
 }
+
+/// A kvm recording stopped by its time limit while the guest waits for
+/// input that never comes (polling the UART): it ends at the last exit a
+/// replay can find again, and replays verified to there on kvm and soft.
+#[test]
+fn a_kvm_recording_stopped_by_its_time_limit_replays_on_both() {
+    if !kvm_ready("a_kvm_recording_stopped_by_its_time_limit_replays_on_both") {
+        return;
+    }
+    let fx = Fixtures::new();
+    let input = fx.path("no-quit.txt");
+    std::fs::write(&input, "one line, then silence\n").expect("input");
+    let g = Guest {
+        name: "serial-echo-r3",
+        record_args: vec!["--input".into(), input.display().to_string()],
+        replay_args: vec![],
+    };
+    let log = fx.path("serial-echo-r3-stopped.motionlog");
+    let rec = record(&g, &log, &["--backend", "kvm", "--timeout", "1"]);
+    assert_eq!(rec.code, Some(0), "{}\n{}", rec.stderr, rec.text);
+    assert_eq!(rec.json["end"], "stopped", "{}", rec.json);
+    let (_, records) = read_log(&log);
+    let digest = final_digest(&records).expect("a digest");
+    for backend in ["kvm", "soft"] {
+        let rep = replay(&g, &log, &["--backend", backend]);
+        assert_verified(
+            &format!("stopped kvm recording on {backend}"),
+            &rec,
+            &rep,
+            &digest,
+            records.len(),
+        );
+    }
+}

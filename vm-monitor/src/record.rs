@@ -122,13 +122,14 @@ pub struct RecordingEnv<E, S> {
     instructions: Arc<AtomicU64>,
     exits: Arc<AtomicU64>,
     dma_pages: digest::DmaPages,
-    /// Exit-synchronous recordings: the clock at the last completed exit,
-    /// the last point where the clock ticked (where inputs may be
-    /// delivered, checks and digests taken), and whether the vCPU has run
-    /// since (a kick or window exit is not a point a replay can find).
+    /// Exit-synchronous recordings: the clock at the last completed exit;
+    /// the last point a replay is sure to stop at too (an exit where the
+    /// clock ticked — where inputs may be delivered and digests taken — or
+    /// one that consumed inputs), and whether the vCPU has run since (a
+    /// kick or window exit is not a point a replay can find).
     clock: Option<u64>,
-    last_tick: Option<vcpu::Timepoint>,
-    ran_since_tick: bool,
+    last_stop: Option<vcpu::Timepoint>,
+    ran_since_stop: bool,
 }
 
 impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
@@ -153,8 +154,8 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
             exits: Arc::new(AtomicU64::new(0)),
             dma_pages: digest::DmaPages::default(),
             clock: None,
-            last_tick: None,
-            ran_since_tick: false,
+            last_stop: None,
+            ran_since_stop: false,
         }
     }
 
@@ -227,11 +228,11 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
         self.flush_arrivals()?;
         let status = end_status(result);
         // Exit-synchronous, stopped by the host after the guest ran on from
-        // its last clock tick (a spinning guest, a time limit): no replay
-        // can stop exactly there, and no input was delivered since the tick.
-        // The recording ends at that tick; the guest's work after it is
-        // input-free and not part of the log.
-        if let (true, EndStatus::Stopped, Some(at)) = (self.ran_since_tick, &status, self.last_tick)
+        // its last clock tick or input (a spinning guest, a time limit): no
+        // replay can stop exactly there, and no input was delivered or read
+        // since. The recording ends at that last point; the guest's work
+        // after it is input-free and not part of the log.
+        if let (true, EndStatus::Stopped, Some(at)) = (self.ran_since_stop, &status, self.last_stop)
         {
             if vcpu.deterministic_exits().is_some() {
                 self.emit(
@@ -409,11 +410,11 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
 
     fn run_vcpu(&mut self, vcpu: &mut dyn Vcpu) -> Result<Option<VmExit>, EnvError> {
         if vcpu.deterministic_exits().is_some() {
-            if self.last_tick.is_none() {
+            if self.last_stop.is_none() {
                 // Before the first entry: the first delivery point.
-                self.last_tick = Some(digest::point(vcpu, self.opts.vcpu_index)?);
+                self.last_stop = Some(digest::point(vcpu, self.opts.vcpu_index)?);
             }
-            self.ran_since_tick = true;
+            self.ran_since_stop = true;
         }
         self.inner.run_vcpu(vcpu)
     }
@@ -437,9 +438,9 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
         if !retired {
             return Ok(());
         }
-        if ticked && vcpu.deterministic_exits().is_some() {
-            self.last_tick = Some(digest::point(vcpu, self.opts.vcpu_index)?);
-            self.ran_since_tick = false;
+        if (ticked || self.since_check > 0) && vcpu.deterministic_exits().is_some() {
+            self.last_stop = Some(digest::point(vcpu, self.opts.vcpu_index)?);
+            self.ran_since_stop = false;
         }
         if self.since_check > 0 {
             let pages = self.dma_pages.take();

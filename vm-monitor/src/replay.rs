@@ -987,6 +987,19 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
                 Some((_, Record::Digest(d))) if d.at == now => {
                     self.check_digest(vcpu)?;
                 }
+                // An exit-synchronous recording stopped by the host ends at
+                // its last tick or input, which may be an exit where no
+                // input is offered (`RecordingEnv::finish`).
+                Some((_, Record::End(e)))
+                    if self.opts.mode == CounterMode::ExitSynchronous
+                        && e.status == EndStatus::Stopped
+                        && e.at == Some(now) =>
+                {
+                    if let Some((i, Record::End(e))) = self.pop() {
+                        self.end = Some((i, e));
+                    }
+                    return Err(EnvError::Stopped);
+                }
                 _ => return Ok(()),
             }
         }
