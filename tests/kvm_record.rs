@@ -24,9 +24,9 @@ use std::collections::BTreeSet;
 
 use common::{
     Fixtures, Guest, Run, final_digest, read_log, record, replay, replay_output, scale,
-    timing_fingerprint,
+    timing_fingerprint, write_log,
 };
-use motion_records::{CounterMode, Untrapped};
+use motion_records::{CounterMode, Record, Untrapped};
 
 /// Whether the kvm backend can run the ring-3 guests here; prints why not.
 fn kvm_ready(test: &str) -> bool {
@@ -253,10 +253,9 @@ fn untrapped_instructions_on_kvm_make_replays_diverge_visibly() {
         ring3_cpuid.detail
     );
     assert!(
-        !records.iter().any(|r| matches!(
-            r,
-            motion_records::Record::Rdtsc(_) | motion_records::Record::Rdrand(_)
-        )),
+        !records
+            .iter()
+            .any(|r| matches!(r, Record::Rdtsc(_) | Record::Rdrand(_))),
         "values the backend never saw cannot be in the log"
     );
     for backend in ["kvm", "soft"] {
@@ -297,9 +296,7 @@ fn a_soft_log_of_a_tsc_reading_guest_diverges_on_kvm_and_says_why() {
     assert_eq!(rec.code, Some(0), "{}\n{}", rec.stderr, rec.text);
     let (_, records) = read_log(&log);
     assert!(
-        records
-            .iter()
-            .any(|r| matches!(r, motion_records::Record::Rdtsc(_))),
+        records.iter().any(|r| matches!(r, Record::Rdtsc(_))),
         "soft traps RDTSC and logs its value"
     );
     let digest = final_digest(&records).expect("a final digest");
@@ -352,4 +349,94 @@ fn a_kvm_recording_stopped_by_its_time_limit_replays_on_both() {
             records.len(),
         );
     }
+}
+
+/// Replay of kvm logs is checked, not trusted: a copy of a kvm recording
+/// with one port value, DMA byte or DMA timepoint (exit clock) altered —
+/// written as a valid log, so only replay can tell — must end with a
+/// divergence at that record or within 8 after it, replayed on kvm and on
+/// soft alike (`MOTION_KVM_FAULTS=N` corruptions, default 24).
+#[test]
+fn altered_kvm_logs_diverge_at_or_right_after_the_change() {
+    use rand::{Rng, SeedableRng};
+    if !kvm_ready("altered_kvm_logs_diverge_at_or_right_after_the_change") {
+        return;
+    }
+    fn corrupt(r: &Record, rng: &mut rand_chacha::ChaCha8Rng) -> Option<(Record, String)> {
+        let mut r = r.clone();
+        let what = match &mut r {
+            Record::PortIn(p) => {
+                let mask = match p.size {
+                    1 => 0xff,
+                    2 => 0xffff,
+                    _ => u32::MAX,
+                };
+                let flip = rng.random_range(1..=mask);
+                p.value ^= flip;
+                format!("port-in {:#x} value ^= {flip:#x}", p.port)
+            }
+            Record::DmaWrite(d) if !d.bytes.is_empty() => {
+                if rng.random_bool(0.7) {
+                    let k = rng.random_range(0..d.bytes.len());
+                    d.bytes[k] ^= rng.random_range(1..=255u8);
+                    format!("dma-write byte {k}")
+                } else {
+                    let at = d.at.as_mut()?;
+                    at.branches += rng.random_range(1..=8);
+                    "dma-write exit clock".into()
+                }
+            }
+            _ => return None,
+        };
+        Some((r, what))
+    }
+    const WINDOW: u64 = 8;
+    let fx = Fixtures::new();
+    let subjects: Vec<(Guest, motion_records::MachineInfo, Vec<Record>, Vec<usize>)> =
+        ["serial-echo-r3", "disk-r3"]
+            .into_iter()
+            .map(|name| {
+                let g = fx.guest(name);
+                let log = fx.path(&format!("{name}-orig.motionlog"));
+                let rec = record(&g, &log, &["--backend", "kvm"]);
+                assert_eq!(rec.code, Some(0), "{name}: {}", rec.stderr);
+                let (machine, records) = read_log(&log);
+                let mut probe = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+                let sites = (0..records.len())
+                    .filter(|&i| corrupt(&records[i], &mut probe).is_some())
+                    .collect();
+                (g, machine, records, sites)
+            })
+            .collect();
+    let n = scale("MOTION_KVM_FAULTS", 24);
+    let mut failures = Vec::new();
+    let mut distances = Vec::new();
+    for seed in 0..n as u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (g, machine, records, sites) = &subjects[seed as usize % subjects.len()];
+        let i = sites[rng.random_range(0..sites.len())];
+        let (bad, what) = corrupt(&records[i], &mut rng).expect("a site");
+        let mut altered = records.clone();
+        altered[i] = bad;
+        let log = fx.path(&format!("fault-{seed}.motionlog"));
+        write_log(&log, machine, &altered);
+        let backend = if seed % 4 < 2 { "kvm" } else { "soft" };
+        let rep = replay(g, &log, &["--quiet", "--backend", backend]);
+        match (rep.code, rep.json["divergence_record"].as_u64()) {
+            (Some(2), Some(at)) if at >= i as u64 && at <= i as u64 + WINDOW => {
+                distances.push(at - i as u64)
+            }
+            _ => failures.push(format!(
+                "seed {seed}: {} record {i} ({what}) on {backend}: exit {:?}, {}",
+                g.name, rep.code, rep.json
+            )),
+        }
+        std::fs::remove_file(&log).ok();
+    }
+    distances.sort_unstable();
+    eprintln!(
+        "{}/{n} altered kvm logs diverged at or within {WINDOW} records of the change; distances {distances:?}",
+        distances.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
