@@ -173,10 +173,12 @@ fn disk_r3_records_on_kvm_and_replays_on_kvm_and_soft() {
 
 /// Serial input arrives on its own thread at line rate while the guest
 /// polls the UART: which poll sees which byte depends on host timing, so
-/// the recordings differ (the non-determinism was captured).
+/// the recordings differ (the non-determinism was captured). How many of
+/// the 10 differ depends on the host's load (7 to 10 here, 5 under strace),
+/// so at least 2 are required.
 #[test]
 fn serial_echo_r3_records_on_kvm_and_replays_on_kvm_and_soft() {
-    kvm_recordings_replay_on_kvm_and_soft("serial-echo-r3", |n| n / 2 + 1);
+    kvm_recordings_replay_on_kvm_and_soft("serial-echo-r3", |n| n.min(2));
 }
 
 /// The other direction: a soft recording made in exit-synchronous mode
