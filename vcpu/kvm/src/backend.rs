@@ -569,10 +569,10 @@ impl KvmVcpu {
             // RIP means the emulator has stepped over it. Both (say two
             // equal OUTs in a row) is decided by finishing it, as below.
             let dx = regs.rdx as u16;
-            let at = self.code_bytes(&sregs, regs.rip, 15);
-            let starts = crate::decode::out_at(&at, port, size, dx, long, opsize16);
-            let before_start = regs.rip.wrapping_sub(15);
-            let before = self.code_bytes(&sregs, before_start, 15);
+            // One read (one translation per page) for both sides of RIP.
+            let around = self.code_bytes(&sregs, regs.rip.wrapping_sub(15), 30);
+            let (before, at) = around.split_at(around.len().min(15));
+            let starts = crate::decode::out_at(at, port, size, dx, long, opsize16);
             // Bytes before RIP that cannot be read leave it undecided.
             let ends = before.len() < 15
                 || (1..=15usize).any(|k| {
