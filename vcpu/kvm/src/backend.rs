@@ -13,11 +13,11 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, Msrs, kvm_enable_cap, kvm_interrupt,
     kvm_msr_entry,
 };
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events};
 use kvm_ioctls::{
     Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuExit,
     VcpuFd, VmFd,
 };
-use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events};
 #[cfg(test)]
 use vcpu::IoBitmap;
 use vcpu::{
@@ -42,7 +42,6 @@ vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interr
 // KVM_RUN issued directly, for finishing an instruction from `&self`
 // queries (kvm-ioctls' `VcpuFd::run` needs `&mut`).
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
-
 
 fn unsupported(what: impl Into<String>) -> VcpuError {
     VcpuError::Unsupported {
@@ -505,6 +504,12 @@ impl KvmVcpu {
         Ok((self.code_bytes(&sregs, regs.rip, 15), sregs.cs.l != 0))
     }
 
+    /// KVM_TRANSLATE, counted.
+    fn translate(&self, linear: u64) -> Result<kvm_bindings::kvm_translation, kvm_ioctls::Error> {
+        self.count(|c| c.translate += 1);
+        self.fd.translate_gva(linear)
+    }
+
     /// `n` code bytes from CS:`ip`, stopping early at unmapped or non-RAM bytes.
     fn code_bytes(&self, sregs: &kvm_sregs, ip: u64, n: u64) -> Vec<u8> {
         let linear = if sregs.cs.l != 0 {
@@ -523,10 +528,7 @@ impl KvmVcpu {
                 let lpage = la & !0xfff;
                 let ppage = match page {
                     Some((l, p)) if l == lpage => p,
-                    _ => match {
-                        self.count(|c| c.translate += 1);
-                        self.fd.translate_gva(lpage)
-                    } {
+                    _ => match self.translate(lpage) {
                         Ok(t) if t.valid != 0 => {
                             let p = t.physical_address & !0xfff;
                             page = Some((lpage, p));
@@ -667,9 +669,12 @@ impl KvmVcpu {
     /// exited on (writes IN/MMIO data, advances RIP) without entering the guest.
     fn finish_in_kernel(&self) -> Result<(), VcpuError> {
         self.unfinished.set(false);
-        let immediate_exit = self.run_ptr.0.as_ptr().cast::<u8>().wrapping_byte_add(
-            std::mem::offset_of!(kvm_run, immediate_exit),
-        );
+        let immediate_exit = self
+            .run_ptr
+            .0
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_byte_add(std::mem::offset_of!(kvm_run, immediate_exit));
         // SAFETY: `run_ptr` is this vCPU's live kvm_run mapping (owned by
         // `self.fd`); a volatile byte store to it races with nothing but the
         // kernel, which reads it during KVM_RUN only.

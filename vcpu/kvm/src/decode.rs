@@ -118,7 +118,14 @@ pub fn fuzz_decode(data: &[u8]) {
         let port = u16::from_le_bytes([rest[3], rest[4]]);
         let dx = u16::from_le_bytes([rest[5], rest[6]]);
         let _ = out_ending_at(before, port, flags >> 1 & 7, dx, flags & 16 != 0);
-        let _ = out_at(rest, port, flags >> 1 & 7, dx, flags & 1 != 0, flags & 16 != 0);
+        let _ = out_at(
+            rest,
+            port,
+            flags >> 1 & 7,
+            dx,
+            flags & 1 != 0,
+            flags & 16 != 0,
+        );
     }
 }
 
