@@ -4,6 +4,8 @@
 //! See the crate docs (and README.md beside Cargo.toml) for which controls and
 //! exits this backend offers.
 
+use std::cell::Cell;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
@@ -11,6 +13,7 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, Msrs, kvm_enable_cap, kvm_interrupt,
     kvm_msr_entry,
 };
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events};
 use kvm_ioctls::{
     Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuExit,
     VcpuFd, VmFd,
@@ -30,11 +33,15 @@ use crate::conv::{
 use crate::cpuid::{CpuidEntry, from_kvm, hide_unrecordable, to_kvm};
 use crate::decode::{decode_io, out_ending_at};
 use crate::kick::{RunGuard, gettid, install_handler, kick_thread};
+use crate::state::{FastPath, IoctlCounts, StateCache};
 use crate::vm::{KvmSetupError, open_kvm, register_memory, supported_cpuid};
 
 const BACKEND: &str = "kvm";
 
 vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
+// KVM_RUN issued directly, for finishing an instruction from `&self`
+// queries (kvm-ioctls' `VcpuFd::run` needs `&mut`).
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
 
 fn unsupported(what: impl Into<String>) -> VcpuError {
     VcpuError::Unsupported {
@@ -117,7 +124,7 @@ impl KvmVm {
     /// whatever the policy says: this backend cannot record them).
     pub fn create_vcpu(&self, id: u32, cpuid: &[CpuidEntry]) -> Result<KvmVcpu, VcpuError> {
         install_handler().map_err(|e| VcpuError::Backend(format!("kick signal handler: {e}")))?;
-        let fd = self
+        let mut fd = self
             .vm
             .create_vcpu(id as u64)
             .map_err(ioctl_err("KVM_CREATE_VCPU"))?;
@@ -132,10 +139,18 @@ impl KvmVm {
             &fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
                 .map_err(ioctl_err("KVM_GET_CPUID2"))?,
         );
+        let sync_fields = crate::probe::sync_regs_fields(&self.kvm);
+        let run_ptr = KvmRunPtr(NonNull::from(fd.get_kvm_run()));
         let mut v = KvmVcpu {
             effective_cpuid: effective,
             vm: Arc::clone(&self.vm),
             fd,
+            run_ptr,
+            sync_fields,
+            fast: FastPath::NONE,
+            state: StateCache::default(),
+            unfinished: Cell::new(false),
+            counts: Cell::new(IoctlCounts::default()),
             mem: self.mem.clone(),
             user_space_msr: self.user_space_msr,
             controls: KvmVcpu::backend_default_controls(),
@@ -145,6 +160,7 @@ impl KvmVm {
             exits: 0,
         };
         v.apply_msr_filter(&MsrBitmap::default())?;
+        v.set_fast_path(FastPath::ALL);
         Ok(v)
     }
 }
@@ -216,7 +232,25 @@ pub struct KvmVcpu {
     /// The exit waiting for `complete`.
     awaiting: Option<ExitReason>,
     exits: u64,
+    /// `fd`'s kvm_run mapping, for setting `immediate_exit` from `&self`.
+    run_ptr: KvmRunPtr,
+    /// KVM_SYNC_X86_* fields this host's KVM_CAP_SYNC_REGS offers.
+    sync_fields: u32,
+    fast: FastPath,
+    state: StateCache,
+    /// KVM holds a completed instruction the next KVM_RUN will finish
+    /// (`FastPath::merge_completion`); queries finish it first.
+    unfinished: Cell<bool>,
+    counts: Cell<IoctlCounts>,
 }
+
+/// The kvm_run mapping of a vCPU fd.
+struct KvmRunPtr(NonNull<kvm_run>);
+
+// SAFETY: the pointer refers to the kvm_run mapping owned by the `VcpuFd`
+// stored beside it in the same `KvmVcpu`; it moves between threads with
+// that fd and is only dereferenced by the `KvmVcpu`'s own methods.
+unsafe impl Send for KvmRunPtr {}
 
 /// EFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
@@ -262,6 +296,148 @@ impl KvmVcpu {
     /// the guest's execution depends on host timing.
     pub fn exit_count(&self) -> u64 {
         self.exits
+    }
+
+    /// The per-exit shortcuts in use.
+    pub fn fast_path(&self) -> FastPath {
+        self.fast
+    }
+
+    /// Choose the per-exit shortcuts (all are on after creation). Results
+    /// do not depend on the choice, only the number of ioctls does; the
+    /// exit-cost benchmark and the tests compare the two.
+    pub fn set_fast_path(&mut self, fast: FastPath) {
+        self.settle_mut();
+        self.fast = fast;
+        let valid = if self.sync_active() {
+            self.sync_fields as u64
+        } else {
+            0
+        };
+        let run = self.fd.get_kvm_run();
+        run.kvm_valid_regs = valid;
+        run.kvm_dirty_regs = 0;
+        self.state.invalidate();
+    }
+
+    /// Whether KVM fills kvm_run's sync area at every exit (the host offers
+    /// KVM_CAP_SYNC_REGS and `FastPath::sync_regs` is on).
+    pub fn sync_regs_active(&self) -> bool {
+        self.sync_active()
+    }
+
+    /// vCPU ioctls made since creation.
+    pub fn ioctl_counts(&self) -> IoctlCounts {
+        self.counts.get()
+    }
+
+    fn sync_active(&self) -> bool {
+        self.fast.sync_regs && self.sync_fields != 0
+    }
+
+    fn count(&self, f: impl FnOnce(&mut IoctlCounts)) {
+        let mut c = self.counts.get();
+        f(&mut c);
+        self.counts.set(c);
+    }
+
+    /// Registers as KVM holds them now, without finishing a pending
+    /// instruction (see `settle`).
+    fn raw_regs(&self) -> Result<kvm_regs, VcpuError> {
+        if let Some(r) = self.state.regs.get() {
+            return Ok(r);
+        }
+        let r = if self.state.sync_fresh.get()
+            && self.sync_fields & kvm_bindings::KVM_SYNC_X86_REGS != 0
+        {
+            self.fd.sync_regs().regs
+        } else {
+            self.count(|c| c.get_regs += 1);
+            self.fd.get_regs().map_err(ioctl_err("KVM_GET_REGS"))?
+        };
+        if self.fast.cache {
+            self.state.regs.set(Some(r));
+        }
+        Ok(r)
+    }
+
+    /// Special registers as KVM holds them now (a pending instruction
+    /// cannot change them).
+    fn raw_sregs(&self) -> Result<kvm_sregs, VcpuError> {
+        if let Some(r) = self.state.sregs.get() {
+            return Ok(r);
+        }
+        let r = if self.state.sync_fresh.get()
+            && self.sync_fields & kvm_bindings::KVM_SYNC_X86_SREGS != 0
+        {
+            self.fd.sync_regs().sregs
+        } else {
+            self.count(|c| c.get_sregs += 1);
+            self.fd.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?
+        };
+        if self.fast.cache {
+            self.state.sregs.set(Some(r));
+        }
+        Ok(r)
+    }
+
+    /// vCPU events, after finishing any pending instruction.
+    fn events(&self) -> Result<kvm_vcpu_events, VcpuError> {
+        self.settle()?;
+        if let Some(r) = self.state.events.get() {
+            return Ok(r);
+        }
+        let r = if self.state.sync_fresh.get()
+            && self.sync_fields & kvm_bindings::KVM_SYNC_X86_EVENTS != 0
+        {
+            self.fd.sync_regs().events
+        } else {
+            self.count(|c| c.get_events += 1);
+            self.fd
+                .get_vcpu_events()
+                .map_err(ioctl_err("KVM_GET_VCPU_EVENTS"))?
+        };
+        if self.fast.cache {
+            self.state.events.set(Some(r));
+        }
+        Ok(r)
+    }
+
+    /// Finish the instruction the monitor completed, if its KVM_RUN was
+    /// put off (`FastPath::merge_completion`): every query and setter calls
+    /// this first, so what they see is exactly what they saw when `complete`
+    /// finished instructions itself.
+    fn settle(&self) -> Result<(), VcpuError> {
+        if self.unfinished.replace(false) {
+            self.finish_in_kernel()?;
+        }
+        Ok(())
+    }
+
+    /// `settle` for callers that cannot return an error (changing the fast
+    /// path): a failing KVM_RUN here will fail again at the next `run`.
+    fn settle_mut(&mut self) {
+        let _ = self.settle();
+    }
+
+    /// The instruction KVM exited on has been completed by the monitor:
+    /// finish it now, or leave it for the next KVM_RUN.
+    fn finish_completed(&mut self) -> Result<(), VcpuError> {
+        if self.fast.merge_completion {
+            self.unfinished.set(true);
+            Ok(())
+        } else {
+            self.finish_in_kernel()
+        }
+    }
+
+    /// A setter or injection is about to change the vCPU: finish any
+    /// pending instruction first, and forget what was read.
+    fn before_change(&self) -> Result<(), VcpuError> {
+        self.settle()?;
+        self.state.invalidate();
+        self.count(|c| c.other += 1);
+        Ok(())
     }
 
     fn apply_msr_filter(&mut self, bitmap: &MsrBitmap) -> Result<(), VcpuError> {
@@ -324,12 +500,18 @@ impl KvmVcpu {
     /// Up to 15 instruction bytes at the guest's current RIP (fewer where
     /// the bytes are not RAM or not mapped), and whether CS is 64-bit.
     fn insn_bytes(&self, regs: &Regs) -> Result<(Vec<u8>, bool), VcpuError> {
-        let sregs = self.fd.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+        let sregs = self.raw_sregs()?;
         Ok((self.code_bytes(&sregs, regs.rip, 15), sregs.cs.l != 0))
     }
 
+    /// KVM_TRANSLATE, counted.
+    fn translate(&self, linear: u64) -> Result<kvm_bindings::kvm_translation, kvm_ioctls::Error> {
+        self.count(|c| c.translate += 1);
+        self.fd.translate_gva(linear)
+    }
+
     /// `n` code bytes from CS:`ip`, stopping early at unmapped or non-RAM bytes.
-    fn code_bytes(&self, sregs: &kvm_bindings::kvm_sregs, ip: u64, n: u64) -> Vec<u8> {
+    fn code_bytes(&self, sregs: &kvm_sregs, ip: u64, n: u64) -> Vec<u8> {
         let linear = if sregs.cs.l != 0 {
             ip
         } else {
@@ -346,7 +528,7 @@ impl KvmVcpu {
                 let lpage = la & !0xfff;
                 let ppage = match page {
                     Some((l, p)) if l == lpage => p,
-                    _ => match self.fd.translate_gva(lpage) {
+                    _ => match self.translate(lpage) {
                         Ok(t) if t.valid != 0 => {
                             let p = t.physical_address & !0xfff;
                             page = Some((lpage, p));
@@ -378,9 +560,34 @@ impl KvmVcpu {
         port: u16,
         size: u8,
     ) -> Result<(u64, u8, bool), VcpuError> {
+        let sregs = self.raw_sregs()?;
+        let opsize16 = sregs.cs.l == 0 && sregs.cs.db == 0;
+        let long = sregs.cs.l != 0;
+        if self.fast.merge_completion {
+            // Which path KVM took shows in the bytes when only one is
+            // possible: an OUT of this port and size starting at RIP but
+            // none ending there means RIP is still at it (the fast path),
+            // so its finishing can wait for the next KVM_RUN; no such OUT at
+            // RIP means the emulator has stepped over it. Both (say two
+            // equal OUTs in a row) is decided by finishing it, as below.
+            let dx = regs.rdx as u16;
+            // One read (one translation per page) for both sides of RIP.
+            let around = self.code_bytes(&sregs, regs.rip.wrapping_sub(15), 30);
+            let (before, at) = around.split_at(around.len().min(15));
+            let starts = crate::decode::out_at(at, port, size, dx, long, opsize16);
+            // Bytes before RIP that cannot be read leave it undecided.
+            let ends = before.len() < 15
+                || (1..=15usize).any(|k| {
+                    // Any port I/O instruction at all, to stay on the safe side.
+                    decode_io(&before[15 - k..], long).is_some_and(|i| i.len as usize == k)
+                });
+            if let (Some(insn), false) = (starts, ends) {
+                self.unfinished.set(true);
+                return Ok((regs.rip, insn.len, insn.immediate));
+            }
+        }
         self.finish_in_kernel()?;
         let after = self.regs()?.rip;
-        let sregs = self.fd.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
         if after != regs.rip {
             let bytes = self.code_bytes(&sregs, regs.rip, 15);
             let insn = decode_io(&bytes, sregs.cs.l != 0);
@@ -392,7 +599,6 @@ impl KvmVcpu {
         }
         let start = regs.rip.wrapping_sub(3);
         let b = self.code_bytes(&sregs, start, 3);
-        let opsize16 = sregs.cs.l == 0 && sregs.cs.db == 0;
         match <[u8; 3]>::try_from(b.as_slice())
             .ok()
             .and_then(|b| out_ending_at(b, port, size, regs.rdx as u16, opsize16))
@@ -427,7 +633,7 @@ impl KvmVcpu {
                 "KVM I/O data at {start:#x}+{size} lies outside the {run_size}-byte kvm_run mapping"
             )));
         }
-        let base: *mut u8 = (self.fd.get_kvm_run() as *mut kvm_bindings::kvm_run).cast();
+        let base: *mut u8 = (self.fd.get_kvm_run() as *mut kvm_run).cast();
         // SAFETY: the kvm_run mapping is `run_size` bytes long and lives as
         // long as `self.fd`; the range was checked against it above, and the
         // returned slice borrows `self` mutably, so nothing else touches it.
@@ -461,16 +667,32 @@ impl KvmVcpu {
 
     /// KVM_RUN with immediate_exit set: KVM finishes the instruction it
     /// exited on (writes IN/MMIO data, advances RIP) without entering the guest.
-    fn finish_in_kernel(&mut self) -> Result<(), VcpuError> {
-        self.fd.set_kvm_immediate_exit(1);
-        let r = self.fd.run().map(|_| ());
-        self.fd.set_kvm_immediate_exit(0);
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(e) => Err(VcpuError::Backend(format!(
-                "KVM_RUN (completing an exit): {e}"
-            ))),
+    fn finish_in_kernel(&self) -> Result<(), VcpuError> {
+        self.unfinished.set(false);
+        let immediate_exit = self
+            .run_ptr
+            .0
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_byte_add(std::mem::offset_of!(kvm_run, immediate_exit));
+        // SAFETY: `run_ptr` is this vCPU's live kvm_run mapping (owned by
+        // `self.fd`); a volatile byte store to it races with nothing but the
+        // kernel, which reads it during KVM_RUN only.
+        unsafe { std::ptr::write_volatile(immediate_exit, 1) };
+        self.count(|c| c.run += 1);
+        // SAFETY: KVM_RUN takes no argument; the fd is a vCPU fd whose
+        // kvm_run mapping is live, and the result is checked below.
+        let rc = unsafe { vmm_sys_util::ioctl::ioctl(&self.fd, KVM_RUN()) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: as for the store above.
+        unsafe { std::ptr::write_volatile(immediate_exit, 0) };
+        self.state.after_run(self.sync_active());
+        if rc == 0 || err.raw_os_error() == Some(libc::EINTR) {
+            Ok(())
+        } else {
+            Err(VcpuError::Backend(format!(
+                "KVM_RUN (completing an exit): {err}"
+            )))
         }
     }
 
@@ -492,18 +714,16 @@ impl KvmVcpu {
                 e.vector
             )));
         }
-        let mut ev = self
-            .fd
-            .get_vcpu_events()
-            .map_err(ioctl_err("KVM_GET_VCPU_EVENTS"))?;
+        let mut ev = self.events()?;
         ev.exception.injected = 1;
         ev.exception.pending = 0;
         ev.exception.nr = e.vector;
         // Real mode pushes no error codes.
-        let protected = self.fd.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?.cr0 & 1 != 0;
+        let protected = self.raw_sregs()?.cr0 & 1 != 0;
         ev.exception.has_error_code = (protected && e.error_code.is_some()) as u8;
         ev.exception.error_code = e.error_code.unwrap_or(0);
         ev.flags = 0;
+        self.before_change()?;
         self.fd
             .set_vcpu_events(&ev)
             .map_err(ioctl_err("KVM_SET_VCPU_EVENTS"))
@@ -522,10 +742,18 @@ impl KvmVcpu {
         let raw = if kicked_before {
             Err(libc::EINTR)
         } else {
-            match self.fd.run() {
+            // This KVM_RUN also finishes a completed instruction left for it
+            // (KVM does that before entering the guest, even when kicked).
+            self.unfinished.set(false);
+            let mut c = self.counts.get();
+            c.run += 1;
+            self.counts.set(c);
+            let r = match self.fd.run() {
                 Ok(exit) => Ok(RawExit::from(exit)),
                 Err(e) => Err(e.errno()),
-            }
+            };
+            self.state.after_run(self.sync_active());
+            r
         };
         self.kicker.tid.store(0, Ordering::SeqCst);
         drop(guard);
@@ -622,7 +850,7 @@ impl KvmVcpu {
                         }
                     }
                     if !io.finished {
-                        self.finish_in_kernel()?;
+                        self.finish_completed()?;
                     }
                     return Ok(None);
                 }
@@ -845,7 +1073,7 @@ impl Vcpu for KvmVcpu {
                 self.pending = Pending::Io(io);
                 if io.answered == io.count {
                     if !io.finished {
-                        self.finish_in_kernel()?;
+                        self.finish_completed()?;
                     }
                     self.pending = Pending::None;
                 }
@@ -858,7 +1086,7 @@ impl Vcpu for KvmVcpu {
                 io.answered += 1;
                 self.pending = Pending::Io(io);
                 if io.answered == io.count {
-                    self.finish_in_kernel()?;
+                    self.finish_completed()?;
                     self.pending = Pending::None;
                 }
             }
@@ -892,11 +1120,11 @@ impl Vcpu for KvmVcpu {
                 let n = len.min(mmio.data.len());
                 mmio.data[..n].copy_from_slice(&data[..n]);
                 self.pending = Pending::None;
-                self.finish_in_kernel()?;
+                self.finish_completed()?;
             }
             (Pending::Mmio { read: false, .. }, Completion::Retire) => {
                 self.pending = Pending::None;
-                self.finish_in_kernel()?;
+                self.finish_completed()?;
             }
             (
                 Pending::Mmio {
@@ -929,13 +1157,13 @@ impl Vcpu for KvmVcpu {
                 msr.data = v;
                 msr.error = 0;
                 self.pending = Pending::None;
-                self.finish_in_kernel()?;
+                self.finish_completed()?;
             }
             (Pending::Msr { read: false }, Completion::Retire) => {
                 // Writing a union field is safe; the exit was KVM_EXIT_X86_WRMSR.
                 self.fd.get_kvm_run().__bindgen_anon_1.msr.error = 0;
                 self.pending = Pending::None;
-                self.finish_in_kernel()?;
+                self.finish_completed()?;
             }
             (Pending::Msr { .. }, Completion::Fault(e)) => {
                 if e != Exception::GP0 {
@@ -946,7 +1174,7 @@ impl Vcpu for KvmVcpu {
                 // Writing a union field is safe; the exit was an MSR exit.
                 self.fd.get_kvm_run().__bindgen_anon_1.msr.error = 1;
                 self.pending = Pending::None;
-                self.finish_in_kernel()?;
+                self.finish_completed()?;
             }
             _ => return Err(bad()),
         }
@@ -955,32 +1183,35 @@ impl Vcpu for KvmVcpu {
     }
 
     fn regs(&self) -> Result<Regs, VcpuError> {
-        self.fd
-            .get_regs()
-            .map(|r| regs_from_kvm(&r))
-            .map_err(ioctl_err("KVM_GET_REGS"))
+        self.settle()?;
+        self.raw_regs().map(|r| regs_from_kvm(&r))
     }
 
+    // Setters write through at once (and forget what was read): they are
+    // off the per-exit path (boot, faulting completions), and a read after
+    // one must see KVM's normalised state, not the value the monitor wrote.
     fn set_regs(&mut self, regs: &Regs) -> Result<(), VcpuError> {
+        self.before_change()?;
         self.fd
             .set_regs(&regs_to_kvm(regs))
             .map_err(ioctl_err("KVM_SET_REGS"))
     }
 
     fn special_regs(&self) -> Result<SpecialRegs, VcpuError> {
-        self.fd
-            .get_sregs()
-            .map(|s| sregs_from_kvm(&s))
-            .map_err(ioctl_err("KVM_GET_SREGS"))
+        self.settle()?;
+        self.raw_sregs().map(|s| sregs_from_kvm(&s))
     }
 
     fn set_special_regs(&mut self, sregs: &SpecialRegs) -> Result<(), VcpuError> {
+        self.before_change()?;
         self.fd
             .set_sregs(&sregs_to_kvm(sregs))
             .map_err(ioctl_err("KVM_SET_SREGS"))
     }
 
     fn fpu(&self) -> Result<FpuState, VcpuError> {
+        self.settle()?;
+        self.count(|c| c.other += 1);
         self.fd
             .get_xsave()
             .map(|x| fpu_from_xsave(&x))
@@ -988,6 +1219,7 @@ impl Vcpu for KvmVcpu {
     }
 
     fn set_fpu(&mut self, fpu: &FpuState) -> Result<(), VcpuError> {
+        self.before_change()?;
         let mut x = self.fd.get_xsave().map_err(ioctl_err("KVM_GET_XSAVE"))?;
         fpu_to_xsave(fpu, &mut x, false);
         // SAFETY: no XSAVE features are enabled dynamically in this process
@@ -997,6 +1229,8 @@ impl Vcpu for KvmVcpu {
     }
 
     fn msr(&mut self, index: u32) -> Result<u64, VcpuError> {
+        self.settle()?;
+        self.count(|c| c.other += 1);
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
             index,
             ..Default::default()
@@ -1021,6 +1255,7 @@ impl Vcpu for KvmVcpu {
             ..Default::default()
         }])
         .map_err(|e| VcpuError::Backend(format!("MSR list: {e:?}")))?;
+        self.before_change()?;
         let n = self.fd.set_msrs(&msrs).map_err(ioctl_err("KVM_SET_MSRS"))?;
         if n != 1 {
             return Err(VcpuError::InvalidState(format!(
@@ -1066,6 +1301,7 @@ impl Vcpu for KvmVcpu {
             ));
         }
         if controls.msr_bitmap != self.controls.msr_bitmap {
+            self.settle()?;
             self.apply_msr_filter(&controls.msr_bitmap)?;
         }
         self.controls = controls;
@@ -1073,11 +1309,14 @@ impl Vcpu for KvmVcpu {
     }
 
     fn interruptible(&self) -> Result<bool, VcpuError> {
+        // Finishing an instruction leaves RFLAGS.IF as it is, so with IF = 0
+        // the answer needs neither the finishing KVM_RUN nor the events.
+        let rflags = self.raw_regs()?.rflags;
+        if rflags & RFLAGS_IF == 0 && self.fast.merge_completion {
+            return Ok(false);
+        }
         let rflags = self.regs()?.rflags;
-        let ev = self
-            .fd
-            .get_vcpu_events()
-            .map_err(ioctl_err("KVM_GET_VCPU_EVENTS"))?;
+        let ev = self.events()?;
         Ok(rflags & RFLAGS_IF != 0
             && ev.interrupt.shadow == 0
             && ev.interrupt.injected == 0
@@ -1099,6 +1338,7 @@ impl Vcpu for KvmVcpu {
                               shadow, or an event already queued)",
                     });
                 }
+                self.before_change()?;
                 let irq = kvm_interrupt { irq: vector as u32 };
                 // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the
                 // pointer, which refers to a live local of that type.
@@ -1112,7 +1352,10 @@ impl Vcpu for KvmVcpu {
                 }
                 Ok(())
             }
-            Event::Nmi => self.fd.nmi().map_err(ioctl_err("KVM_NMI")),
+            Event::Nmi => {
+                self.before_change()?;
+                self.fd.nmi().map_err(ioctl_err("KVM_NMI"))
+            }
             Event::Exception(e) => self.inject_exception(e),
         }
     }

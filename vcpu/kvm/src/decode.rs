@@ -74,6 +74,39 @@ pub fn out_ending_at(before: [u8; 3], port: u16, size: u8, dx: u16, opsize16: bo
     None
 }
 
+/// Decode `bytes` (from the instruction's first byte) as a non-string OUT
+/// of `size` bytes to `port` (`dx` is DX, for the forms taking the port from
+/// it); `None` if they are anything else. `long_mode` is CS.L, `opsize16`
+/// whether the default operand size is 16 bits.
+pub fn out_at(
+    bytes: &[u8],
+    port: u16,
+    size: u8,
+    dx: u16,
+    long_mode: bool,
+    opsize16: bool,
+) -> Option<IoInsn> {
+    let insn = decode_io(bytes, long_mode)?;
+    if insn.string {
+        return None;
+    }
+    let prefixes = &bytes[..insn.len as usize - 1 - insn.immediate as usize];
+    let op = bytes[prefixes.len()];
+    let has_66 = prefixes.contains(&0x66);
+    let op_size = match op {
+        0xE6 | 0xEE => 1,
+        0xE7 | 0xEF if has_66 != opsize16 => 2,
+        0xE7 | 0xEF => 4,
+        _ => return None, // IN
+    };
+    let op_port = if insn.immediate {
+        bytes[prefixes.len() + 1] as u16
+    } else {
+        dx
+    };
+    (op_size == size && op_port == port).then_some(insn)
+}
+
 /// The fuzz entry point (`fuzz/fuzz_targets/decode.rs`): both decoders on
 /// arbitrary guest bytes must return, never panic.
 pub fn fuzz_decode(data: &[u8]) {
@@ -85,6 +118,14 @@ pub fn fuzz_decode(data: &[u8]) {
         let port = u16::from_le_bytes([rest[3], rest[4]]);
         let dx = u16::from_le_bytes([rest[5], rest[6]]);
         let _ = out_ending_at(before, port, flags >> 1 & 7, dx, flags & 16 != 0);
+        let _ = out_at(
+            rest,
+            port,
+            flags >> 1 & 7,
+            dx,
+            flags & 1 != 0,
+            flags & 16 != 0,
+        );
     }
 }
 

@@ -16,6 +16,8 @@ pub mod decode;
 pub mod kick;
 pub mod probe;
 pub mod ring3;
+pub mod state;
 pub mod vm;
 
 pub use backend::{KvmKicker, KvmVcpu, KvmVm};
+pub use state::{FastPath, IoctlCounts};

@@ -96,6 +96,15 @@ const CAPS: &[(&str, u32)] = &[
     ("xsave", kvm_bindings::KVM_CAP_XSAVE),
 ];
 
+/// The KVM_SYNC_X86_* fields (REGS = 1, SREGS = 2, EVENTS = 4) this host's
+/// KVM_CAP_SYNC_REGS offers, 0 where it has none: with them the kvm backend
+/// reads the vCPU state of each exit from `kvm_run` instead of by ioctl.
+/// (`KvmReport::caps["sync_regs"]` holds the same mask.)
+pub fn sync_regs_fields(kvm: &Kvm) -> u32 {
+    let mask = kvm.check_extension_raw(kvm_bindings::KVM_CAP_SYNC_REGS as libc::c_ulong);
+    (mask.max(0) as u32) & kvm_bindings::KVM_SYNC_X86_VALID_FIELDS
+}
+
 fn query_caps(kvm: &Kvm) -> BTreeMap<&'static str, i32> {
     CAPS.iter()
         .map(|&(name, cap)| (name, kvm.check_extension_raw(cap as libc::c_ulong)))
