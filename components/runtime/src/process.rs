@@ -389,9 +389,27 @@ fn setup(
         })
         .collect();
 
+    one_malloc_arena();
     seccomp::install(name, &capabilities, boot.on_violation)
         .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     Ok((contexts, shutdown))
+}
+
+/// Keep glibc's malloc to its main arena. By default each thread gets an
+/// arena of its own, whose heap glibc shrinks when enough of it is freed,
+/// and the first shrink reads /proc/sys/vm/overcommit_memory: an `openat`
+/// no domain may make, so a domain died of SIGSYS at whatever free() first
+/// shrank a thread's heap (seen as a `replay` domain killed mid-replay,
+/// now and then, when large record batches were freed). The main arena
+/// trims with brk/madvise and reads no file. Its one lock is shared by the
+/// domain's few threads, which allocate little on their hot paths.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a malloc tunable; called before the
+    // components' threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Check and decode the boot message meant for domain `name`: every
