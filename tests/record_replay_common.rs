@@ -70,12 +70,12 @@ impl Fixtures {
     pub fn guest(&self, name: &'static str) -> Guest {
         let p = |s: &str| self.path(s).display().to_string();
         match name {
-            "disk" => Guest {
+            "disk" | "disk-r3" => Guest {
                 name,
                 record_args: vec!["--disk".into(), p("disk.img")],
                 replay_args: vec!["--disk".into(), p("disk.img")],
             },
-            "serial-echo" => Guest {
+            "serial-echo" | "serial-echo-r3" => Guest {
                 name,
                 record_args: vec!["--input".into(), p("input.txt")],
                 replay_args: vec![],

@@ -24,6 +24,7 @@ const GUESTS: &[&str] = &[
     "disk-r3",
     "serial-echo-r3",
     "compute-r3",
+    "entropy-r3",
     "faults-r3",
 ];
 

@@ -20,6 +20,7 @@ pub fn machine() -> MachineInfo {
         disk_image: Some(*blake3::hash(b"synthetic disk").as_bytes()),
         cpuid: CpuidPolicy::baseline(),
         counter_mode: CounterMode::Exact,
+        untrapped: Vec::new(),
     }
 }
 

@@ -34,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clocked;
 pub mod controls;
 pub mod cpuid;
 pub mod event;
@@ -44,6 +45,7 @@ pub mod timepoint;
 
 use std::sync::Arc;
 
+pub use clocked::ExitClocked;
 pub use controls::{ExecControls, IoBitmap, MsrBitmap};
 pub use cpuid::{CpuidEntry, CpuidPolicy};
 pub use event::{Event, Exception};

@@ -124,10 +124,12 @@ pub struct RunLimits {
     pub wall: Option<Duration>,
     /// Stop after this many VM exits.
     pub exits: Option<u64>,
-    /// Deliver asynchronous inputs only right after instruction exits (and
-    /// before the first entry): the exit-synchronous mode a recorder uses on
-    /// backends without exact counters (`vcpu::CounterMode::ExitSynchronous`),
-    /// where a kick or window exit is not a reproducible point. Live runs
+    /// Deliver asynchronous inputs only right after instruction exits that
+    /// advance the vCPU's exit clock (`vcpu::ExitClocked`: port I/O, MMIO,
+    /// HLT) and before the first entry: the exit-synchronous mode a recorder
+    /// uses on backends without exact counters
+    /// (`vcpu::CounterMode::ExitSynchronous`), where a kick or window exit
+    /// is not a reproducible point. Live runs
     /// leave it off so a guest spinning without exits still gets its ticks.
     pub exit_synchronous: bool,
 }
@@ -416,6 +418,7 @@ impl Machine {
         timer.set(deadline);
         env.prepare_entry(vcpu)?;
 
+        let clock = vcpu.deterministic_exits();
         let Some(exit) = env.run_vcpu(vcpu)? else {
             // A replayer landed on a recorded timepoint: offer its inputs.
             st.at_deterministic_point = false;
@@ -423,7 +426,10 @@ impl Machine {
             return Ok(None);
         };
         st.exits += 1;
-        st.at_deterministic_point = exit.reason.needs_completion();
+        // On a backend with an exit clock, only the exits that advance it are
+        // points another run (on another backend, too) can find again.
+        st.at_deterministic_point = exit.reason.needs_completion()
+            && (clock.is_none() || vcpu.deterministic_exits() != clock);
         st.mid_instruction = false;
         let completion = match (&exit.reason, &exit.info) {
             (ExitReason::IoInstruction, ExitInfo::Io { qual, out_value }) => {
@@ -587,7 +593,8 @@ struct RunState {
     exits: u64,
     interrupts: u64,
     window: bool,
-    /// The last exit was an instruction exit (or none happened yet).
+    /// The last exit was an instruction exit that advanced the vCPU's exit
+    /// clock where it has one (or no exit happened yet).
     at_deterministic_point: bool,
     /// The last exit's instruction has not retired yet (MMIO, string I/O).
     mid_instruction: bool,

@@ -120,7 +120,16 @@ pub struct RecordingEnv<E, S> {
     arrivals: Vec<u8>,
     stats: RecordStats,
     instructions: Arc<AtomicU64>,
+    exits: Arc<AtomicU64>,
     dma_pages: digest::DmaPages,
+    /// Exit-synchronous recordings: the clock at the last completed exit;
+    /// the last point a replay is sure to stop at too (an exit where the
+    /// clock ticked — where inputs may be delivered and digests taken — or
+    /// one that consumed inputs), and whether the vCPU has run since (a
+    /// kick or window exit is not a point a replay can find).
+    clock: Option<u64>,
+    last_stop: Option<vcpu::Timepoint>,
+    ran_since_stop: bool,
 }
 
 impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
@@ -142,7 +151,11 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
             arrivals: Vec::new(),
             stats: RecordStats::default(),
             instructions: Arc::new(AtomicU64::new(0)),
+            exits: Arc::new(AtomicU64::new(0)),
             dma_pages: digest::DmaPages::default(),
+            clock: None,
+            last_stop: None,
+            ran_since_stop: false,
         }
     }
 
@@ -150,6 +163,13 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
     /// other threads (progress displays).
     pub fn instructions(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.instructions)
+    }
+
+    /// The exit clock at the last completed exit (exit-synchronous
+    /// recordings; stays 0 on backends with exact counters), readable from
+    /// other threads.
+    pub fn exits(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.exits)
     }
 
     /// Set this flag (then kick the vCPU) to stop the recording at the next
@@ -207,6 +227,24 @@ impl<E: Recordable, S: RecordSink> RecordingEnv<E, S> {
     ) -> Result<(E, S, RecordStats), EnvError> {
         self.flush_arrivals()?;
         let status = end_status(result);
+        // Exit-synchronous, stopped by the host after the guest ran on from
+        // its last clock tick or input (a spinning guest, a time limit): no
+        // replay can stop exactly there, and no input was delivered or read
+        // since. The recording ends at that last point; the guest's work
+        // after it is input-free and not part of the log.
+        if let (true, EndStatus::Stopped, Some(at)) = (self.ran_since_stop, &status, self.last_stop)
+        {
+            if vcpu.deterministic_exits().is_some() {
+                self.emit(
+                    End {
+                        status,
+                        at: Some(at),
+                    }
+                    .into(),
+                )?;
+                return Ok((self.inner, self.sink, self.stats));
+            }
+        }
         let at = digest::point(vcpu, self.opts.vcpu_index)?;
         self.digest(vcpu)?;
         self.emit(
@@ -371,6 +409,13 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
     }
 
     fn run_vcpu(&mut self, vcpu: &mut dyn Vcpu) -> Result<Option<VmExit>, EnvError> {
+        if vcpu.deterministic_exits().is_some() {
+            if self.last_stop.is_none() {
+                // Before the first entry: the first delivery point.
+                self.last_stop = Some(digest::point(vcpu, self.opts.vcpu_index)?);
+            }
+            self.ran_since_stop = true;
+        }
         self.inner.run_vcpu(vcpu)
     }
 
@@ -379,9 +424,23 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
         if let Some(r) = vcpu.retired() {
             self.instructions.store(r.instructions, Ordering::Relaxed);
         }
+        // Whether this exit advanced the exit clock (always, with exact
+        // counters): only such exits are points every backend stops at.
+        let ticked = match vcpu.deterministic_exits() {
+            None => true,
+            Some(n) => {
+                self.exits.store(n, Ordering::Relaxed);
+                // The clock starts at 0 before the first exit.
+                self.clock.replace(n).unwrap_or(0) != n
+            }
+        };
         self.flush_arrivals()?;
         if !retired {
             return Ok(());
+        }
+        if (ticked || self.since_check > 0) && vcpu.deterministic_exits().is_some() {
+            self.last_stop = Some(digest::point(vcpu, self.opts.vcpu_index)?);
+            self.ran_since_stop = false;
         }
         if self.since_check > 0 {
             let pages = self.dma_pages.take();
@@ -390,7 +449,7 @@ impl<E: Recordable, S: RecordSink> Environment for RecordingEnv<E, S> {
             self.stats.checks += 1;
             self.emit(StateCheck { hash }.into())?;
         }
-        if self.since_digest >= self.opts.digest_every {
+        if self.since_digest >= self.opts.digest_every && ticked {
             self.digest(vcpu)?;
         }
         Ok(())

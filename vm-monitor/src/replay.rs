@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use motion_records::{Digest, DmaWrite, End, EndStatus, Interrupt, Record};
+use motion_records::{Digest, DmaWrite, End, EndStatus, Interrupt, Record, Untrapped};
 use pmu_driver::arch::{IntelPmu, Rings};
 use pmu_driver::{BranchCounter, LandError, LandOptions, LandStats, LandStep, land};
 use vcpu::{CounterMode, Regs, Timepoint, Vcpu, VmExit};
@@ -135,6 +135,8 @@ pub struct ReplayProgress {
     pub records: AtomicU64,
     /// Guest instructions retired so far (at the last completed exit).
     pub instructions: AtomicU64,
+    /// The exit clock at the last completed exit (exit-synchronous logs).
+    pub exits: AtomicU64,
 }
 
 /// What a replay did.
@@ -196,6 +198,12 @@ pub struct ReplayEnv<S> {
     dma_pages: digest::DmaPages,
     /// The next timepointed record found by [`ReplayEnv::target`].
     tp_cache: Option<(u64, Timepoint)>,
+    /// What the recording's backend could not trap, and its name.
+    untrapped: Vec<Untrapped>,
+    recorded_on: String,
+    /// What this replay's backend cannot trap, and its name.
+    replay_untrapped: Vec<Untrapped>,
+    replay_on: String,
 }
 
 fn describe(r: &Record) -> String {
@@ -268,7 +276,46 @@ impl<S: RecordSource> ReplayEnv<S> {
             progress: Arc::new(ReplayProgress::default()),
             dma_pages: digest::DmaPages::default(),
             tp_cache: None,
+            untrapped: Vec::new(),
+            recorded_on: String::new(),
+            replay_untrapped: Vec::new(),
+            replay_on: String::new(),
         }
+    }
+
+    /// The recording's backend (`backend`) could not trap the instructions
+    /// `untrapped` (the log header says which): their values are not in
+    /// the log. A guest executing one where the replay traps it diverges
+    /// right there, with a message that says why; every other divergence
+    /// of such a replay mentions the possibility (on a backend that cannot
+    /// trap them either, the host's values reach the guest and only the
+    /// next check can tell).
+    pub fn with_untrapped(mut self, backend: &str, untrapped: Vec<Untrapped>) -> Self {
+        self.untrapped = untrapped;
+        self.recorded_on = backend.to_string();
+        self
+    }
+
+    /// The replay runs on a backend (`backend`) that cannot trap
+    /// `untrapped` either: a guest executing them gets the host's values
+    /// here whatever the log says. Divergences mention it.
+    pub fn with_replay_untrapped(mut self, backend: &str, untrapped: Vec<Untrapped>) -> Self {
+        self.replay_untrapped = untrapped;
+        self.replay_on = backend.to_string();
+        self
+    }
+
+    /// A divergence for an instruction the recording could not trap.
+    fn untrapped_read(&mut self, kind: Untrapped, what: &str) -> Option<EnvError> {
+        if !self.untrapped.contains(&kind) {
+            return None;
+        }
+        let i = self.next_number();
+        let msg = format!(
+            "the guest {what}, which the recording's backend ({}) could not trap: its value is not in the log, so this replay cannot reproduce it",
+            self.recorded_on
+        );
+        Some(self.diverge(i, msg, None, None, None))
     }
 
     /// Progress counters, readable from other threads.
@@ -331,6 +378,29 @@ impl<S: RecordSource> ReplayEnv<S> {
     ) -> EnvError {
         let at = vcpu.and_then(|v| digest::point(v, self.opts.vcpu_index).ok());
         let actual_regs = vcpu.and_then(|v| v.regs().ok());
+        let mut what = what;
+        let names = |l: &[Untrapped]| l.iter().map(|u| u.name()).collect::<Vec<_>>().join(", ");
+        let mut notes = Vec::new();
+        if !self.untrapped.is_empty() && !what.contains("could not trap") {
+            notes.push(format!(
+                "the recording's backend ({}) could not trap {}",
+                self.recorded_on,
+                names(&self.untrapped)
+            ));
+        }
+        if !self.replay_untrapped.is_empty() {
+            notes.push(format!(
+                "this replay's backend ({}) cannot trap {}",
+                self.replay_on,
+                names(&self.replay_untrapped)
+            ));
+        }
+        if !notes.is_empty() {
+            what += &format!(
+                " (note: {}; if the guest executed one, a host value reached it unrecorded and a divergence is expected)",
+                notes.join("; ")
+            );
+        }
         let d = Divergence {
             record,
             what: what.clone(),
@@ -679,6 +749,9 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
             TscRead::Rdtscp => "executes RDTSCP",
             TscRead::Rdmsr => "reads IA32_TSC",
         };
+        if let Some(e) = self.untrapped_read(Untrapped::Rdtsc, what) {
+            return Err(e);
+        }
         let (i, r) = self.take_input(what, None)?;
         match (read, r) {
             (TscRead::Rdtsc | TscRead::Rdmsr, Record::Rdtsc(t)) => Ok(t.value),
@@ -692,6 +765,13 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
             RandomKind::Rdrand => "executes RDRAND",
             RandomKind::Rdseed => "executes RDSEED",
         };
+        let untrapped = match kind {
+            RandomKind::Rdrand => Untrapped::Rdrand,
+            RandomKind::Rdseed => Untrapped::Rdseed,
+        };
+        if let Some(e) = self.untrapped_read(untrapped, what) {
+            return Err(e);
+        }
         let (i, r) = self.take_input(what, None)?;
         let (value, ok) = match (kind, r) {
             (RandomKind::Rdrand, Record::Rdrand(x)) => (x.value, x.ok),
@@ -876,6 +956,9 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
                 .instructions
                 .store(r.instructions, Ordering::Relaxed);
         }
+        if let Some(n) = vcpu.deterministic_exits() {
+            self.progress.exits.store(n, Ordering::Relaxed);
+        }
         if !retired {
             return Ok(());
         }
@@ -903,6 +986,19 @@ impl<S: RecordSource> Environment for ReplayEnv<S> {
                 }
                 Some((_, Record::Digest(d))) if d.at == now => {
                     self.check_digest(vcpu)?;
+                }
+                // An exit-synchronous recording stopped by the host ends at
+                // its last tick or input, which may be an exit where no
+                // input is offered (`RecordingEnv::finish`).
+                Some((_, Record::End(e)))
+                    if self.opts.mode == CounterMode::ExitSynchronous
+                        && e.status == EndStatus::Stopped
+                        && e.at == Some(now) =>
+                {
+                    if let Some((i, Record::End(e))) = self.pop() {
+                        self.end = Some((i, e));
+                    }
+                    return Err(EnvError::Stopped);
                 }
                 _ => return Ok(()),
             }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use motion_records::Record;
-use vcpu::{CounterMode, Vcpu};
+use vcpu::{CounterMode, ExitClocked, Vcpu};
 use vcpu_soft::SoftVcpu;
 use vm_monitor::devices::virtio_blk::DiskImage;
 use vm_monitor::record::{RecordOptions, RecordingEnv};
@@ -219,82 +219,9 @@ fn timing_compute() {
 }
 
 /// The soft vCPU seen as a backend without exact counters (as KVM here):
-/// no retired counts, no host PMU, and the count of completed instruction
-/// exits as the clock of exit-synchronous recording.
-struct ExitSynchronous {
-    inner: SoftVcpu,
-    exits: u64,
-}
-
-impl Vcpu for ExitSynchronous {
-    fn backend(&self) -> &'static str {
-        "exit-sync-test"
-    }
-    fn run(&mut self) -> Result<vcpu::VmExit, vcpu::VcpuError> {
-        self.inner.run()
-    }
-    fn complete(&mut self, c: vcpu::Completion) -> Result<(), vcpu::VcpuError> {
-        self.exits += 1;
-        self.inner.complete(c)
-    }
-    fn regs(&self) -> Result<vcpu::Regs, vcpu::VcpuError> {
-        self.inner.regs()
-    }
-    fn set_regs(&mut self, r: &vcpu::Regs) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_regs(r)
-    }
-    fn special_regs(&self) -> Result<vcpu::SpecialRegs, vcpu::VcpuError> {
-        self.inner.special_regs()
-    }
-    fn set_special_regs(&mut self, s: &vcpu::SpecialRegs) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_special_regs(s)
-    }
-    fn fpu(&self) -> Result<vcpu::FpuState, vcpu::VcpuError> {
-        self.inner.fpu()
-    }
-    fn set_fpu(&mut self, f: &vcpu::FpuState) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_fpu(f)
-    }
-    fn msr(&mut self, i: u32) -> Result<u64, vcpu::VcpuError> {
-        self.inner.msr(i)
-    }
-    fn set_msr(&mut self, i: u32, v: u64) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_msr(i, v)
-    }
-    fn controls(&self) -> &vcpu::ExecControls {
-        self.inner.controls()
-    }
-    fn set_controls(&mut self, c: vcpu::ExecControls) -> Result<(), vcpu::VcpuError> {
-        self.inner.set_controls(c)
-    }
-    fn interruptible(&self) -> Result<bool, vcpu::VcpuError> {
-        self.inner.interruptible()
-    }
-    fn inject(&mut self, e: vcpu::Event) -> Result<(), vcpu::VcpuError> {
-        self.inner.inject(e)
-    }
-    fn kicker(&self) -> Arc<dyn vcpu::Kicker> {
-        self.inner.kicker()
-    }
-    fn retired(&self) -> Option<vcpu::RetiredCounts> {
-        None
-    }
-    fn host_pmu(&mut self) -> Option<&mut dyn vcpu::PmuBank> {
-        None
-    }
-    fn deterministic_exits(&self) -> Option<u64> {
-        Some(self.exits)
-    }
-    fn host_wrote_memory(&mut self, gpa: u64, len: u64) {
-        self.inner.host_wrote_memory(gpa, len)
-    }
-}
-
-fn exit_sync_vcpu(machine: &Machine) -> ExitSynchronous {
-    let mut v = ExitSynchronous {
-        inner: SoftVcpu::new(machine.memory().clone()),
-        exits: 0,
-    };
+/// no retired counts, no host PMU, the exit clock of `ExitClocked`.
+fn exit_sync_vcpu(machine: &Machine) -> ExitClocked<SoftVcpu> {
+    let mut v = ExitClocked::new(SoftVcpu::new(machine.memory().clone()));
     let c = v.default_controls();
     machine.reset_vcpu(&mut v, c).unwrap();
     v
@@ -472,4 +399,80 @@ fn large_dma_transfers_are_split_and_replay() {
     assert_eq!(dma, [65536, 65536, 65536, 8192], "split at 64 KiB");
     let (end, _) = replay("hello", records, 0);
     assert!(matches!(end, ReplayEnd::Verified { .. }), "{end:?}");
+}
+
+/// Exit-synchronous recording of a guest that spins without exits (`timer`'s
+/// ring-3 tasks): its PIT ticks can only be delivered at an exit, so it
+/// never gets one — the documented cost of the mode — and the recording is
+/// stopped by its time limit at a point no replay could stop at. It ends at
+/// the last clock tick instead (no input was delivered after it), and the
+/// replay verifies up to there and stops the same way.
+#[test]
+fn a_stopped_exit_synchronous_recording_ends_at_its_last_tick() {
+    let elf = guest_images::bytes("timer").unwrap();
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = exit_sync_vcpu(&machine);
+    let live = LiveEnvironment::new(
+        machine.memory().clone(),
+        LiveConfig {
+            serial_out: Box::new(std::io::sink()),
+            input: None,
+            disk: None,
+        },
+    );
+    let mut env = RecordingEnv::new(
+        live,
+        Vec::new(),
+        machine.memory().clone(),
+        machine.ram_size(),
+        RecordOptions::default(),
+    );
+    let limits = RunLimits {
+        wall: Some(std::time::Duration::from_millis(300)),
+        exits: None,
+        exit_synchronous: true,
+    };
+    let result = machine.run(&mut vcpu, &mut env, &limits);
+    let ticks = vcpu.deterministic_exits().unwrap();
+    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+    assert!(
+        matches!(result.unwrap().stop, vm_monitor::StopReason::TimeLimit(_)),
+        "the spinning guest cannot finish without its ticks"
+    );
+    let Some(Record::End(end)) = records.last() else {
+        panic!("no end record");
+    };
+    let at = end.at.expect("the end's point");
+    assert_eq!(at.branches, ticks, "the end is at the last clock tick");
+    let regs_now = vcpu.regs().unwrap();
+    assert_ne!(
+        at.rip, regs_now.rip,
+        "the guest ran on from the tick (or this test shows nothing)"
+    );
+
+    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let mut vcpu = exit_sync_vcpu(&machine);
+    let mut env = ReplayEnv::new(
+        VecSource::new(records),
+        machine.memory().clone(),
+        machine.ram_size(),
+        ReplayOptions {
+            vcpu_index: 0,
+            mode: CounterMode::ExitSynchronous,
+            margin: 0,
+        },
+        Box::new(std::io::sink()),
+    );
+    let limits = RunLimits {
+        exit_synchronous: true,
+        ..RunLimits::default()
+    };
+    let result = machine.run(&mut vcpu, &mut env, &limits);
+    let end = env.finish(&vcpu, result).unwrap();
+    assert_eq!(
+        end,
+        ReplayEnd::Verified {
+            end: motion_records::EndStatus::Stopped
+        }
+    );
 }

@@ -192,6 +192,7 @@ fn drive(
         &Request::LoadReplay(Box::new(ReplayLoad {
             machine: machine.clone(),
             pmi_skid: setup.pmi_skid,
+            backend: setup.backend.clone(),
         })),
     ) {
         Ok(Reply::Loaded(l)) => l,
@@ -271,6 +272,7 @@ fn drive(
             let mut s = lock(&shared.status);
             s.records = status.records;
             s.instructions = status.instructions;
+            s.exits = status.exits;
             s.checks = status.checks;
             s.digests = status.digests;
             s.landings = status.landings;
@@ -307,6 +309,7 @@ mod tests {
             disk_image: disk,
             cpuid: vcpu::CpuidPolicy::baseline(),
             counter_mode: vcpu::CounterMode::Exact,
+            untrapped: Vec::new(),
         }
     }
 

@@ -105,12 +105,18 @@ const FILE_WRITE: &[(&str, libc::c_long)] = &[
     ("flock", libc::SYS_flock),
 ];
 
-/// KVM: open /dev/kvm read-write, ioctls, eventfds for irqfd/ioeventfd.
+/// KVM: open /dev/kvm read-write, ioctls, eventfds for irqfd/ioeventfd,
+/// and a per-thread POSIX timer (SIGEV_THREAD_ID: it can only signal the
+/// caller's own thread) that bounds the kvm backend's probe runs (the
+/// monitor probes whether ring-3 CPUID follows the vCPU's table).
 const KVM: &[(&str, libc::c_long)] = &[
     ("openat", libc::SYS_openat),
     ("ioctl", libc::SYS_ioctl),
     ("eventfd2", libc::SYS_eventfd2),
     ("fstat", libc::SYS_fstat),
+    ("timer_create", libc::SYS_timer_create),
+    ("timer_settime", libc::SYS_timer_settime),
+    ("timer_delete", libc::SYS_timer_delete),
 ];
 
 /// Host performance counters.

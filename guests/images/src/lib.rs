@@ -12,8 +12,8 @@ mod generated {
 }
 
 /// The guests' names: hello, timer, disk, entropy, compute, serial-echo,
-/// and the ring-3 variants hello-r3, disk-r3, serial-echo-r3, compute-r3
-/// (the same sources built against the user-mode runtime `urt`, so that they
+/// and the ring-3 variants hello-r3, disk-r3, serial-echo-r3, compute-r3,
+/// entropy-r3 (the same sources built against the user-mode runtime `urt`, so that they
 /// also run where KVM emulates ring-0 code; see guests/README.md), and
 /// faults-r3, which tests that runtime's exception path.
 pub const NAMES: &[&str] = &[
@@ -27,6 +27,7 @@ pub const NAMES: &[&str] = &[
     "disk-r3",
     "serial-echo-r3",
     "compute-r3",
+    "entropy-r3",
     "faults-r3",
 ];
 

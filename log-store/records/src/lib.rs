@@ -19,7 +19,8 @@ pub mod record;
 pub mod session;
 
 pub use machine::{
-    CounterMode, CpuidEntry, CpuidPolicy, MachineInfo, counter_mode_name, parse_counter_mode,
+    CounterMode, CpuidEntry, CpuidPolicy, MachineInfo, Untrapped, counter_mode_name,
+    parse_counter_mode,
 };
 pub use record::{
     Digest, DmaWrite, End, EndStatus, Interrupt, MmioBytes, MmioRead, PageHashes, PortIn, Rdrand,

@@ -92,6 +92,7 @@ mod tests {
                 disk_image: None,
                 cpuid: vcpu::CpuidPolicy::baseline(),
                 counter_mode: vcpu::CounterMode::Exact,
+                untrapped: Vec::new(),
             },
             durability: DurabilityRequest::IntervalMs(10),
             resume: false,

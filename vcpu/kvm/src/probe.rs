@@ -73,6 +73,9 @@ pub struct KvmReport {
     /// KVM honours a CPUID policy that hides RDRAND/RDSEED (read back with
     /// KVM_GET_CPUID2 after KVM_SET_CPUID2).
     pub cpuid_policy: Finding,
+    /// CPUID executed in ring 3 answers from the vCPU's table
+    /// ([`ring3_cpuid_follows_policy`]).
+    pub ring3_cpuid: Finding,
 }
 
 /// The capabilities reported, in order.
@@ -126,6 +129,7 @@ pub fn probe_kvm() -> KvmReport {
         backend_guest: Finding::no("not tried: KVM unusable"),
         ring0_mips: None,
         cpuid_policy: Finding::no("not tried: KVM unusable"),
+        ring3_cpuid: Finding::no("not tried: KVM unusable"),
     };
     let kvm = match open_kvm() {
         Ok(k) => k,
@@ -158,9 +162,67 @@ pub fn probe_kvm() -> KvmReport {
     report.backend_guest = guest;
     report.ring0_mips = ring0_mips;
     report.cpuid_policy = cpuid;
+    report.ring3_cpuid = ring3_cpuid_follows_policy();
     report.single_step = probe_debug(GuestDebug::SingleStep);
     report.hw_breakpoint = probe_debug(GuestDebug::HwBreakpoint(layout::CODE_BASE + 1));
     report
+}
+
+/// The vendor string the CPUID probe plants in leaf 0 (EBX, EDX, ECX).
+const PROBE_VENDOR: [u32; 3] = [
+    u32::from_le_bytes(*b"CASM"),
+    u32::from_le_bytes(*b"otio"),
+    u32::from_le_bytes(*b"nCPU"),
+];
+
+/// Whether CPUID executed by ring-3 guest code answers from the vCPU's
+/// CPUID table (KVM_SET_CPUID2), as VT-x/SVM make it do, or natively from
+/// the host CPU (a software-assisted KVM that runs ring 3 natively without
+/// CPUID faulting). Where it does not, CPUID is one more instruction a
+/// recording cannot control: its answers are the host's, not the logged
+/// policy's. Runs `cpuid` with EAX = 0 in ring 3 under a table whose leaf 0
+/// carries a vendor string no CPU has.
+pub fn ring3_cpuid_follows_policy() -> Finding {
+    let mut runner = match Ring3Runner::new() {
+        Ok(r) => r,
+        Err(e) => return Finding::no(format!("not tried: ring-3 VM set-up failed: {e}")),
+    };
+    let mut table = match runner.supported_cpuid() {
+        Ok(t) => t,
+        Err(e) => return Finding::no(format!("not tried: CPUID: {e}")),
+    };
+    match table.iter_mut().find(|e| e.leaf == 0) {
+        Some(e) => [e.ebx, e.edx, e.ecx] = PROBE_VENDOR,
+        None => return Finding::no("not tried: the host's CPUID has no leaf 0"),
+    }
+    if let Err(e) = runner.set_cpuid(&table) {
+        return Finding::no(format!("KVM_SET_CPUID2 refused the table: {e}"));
+    }
+    let out = match runner.run(&Ring3Block::new(vec![0x0f, 0xa2])) {
+        Ok(o) if o.end == Ring3End::Completed => o,
+        Ok(o) => return Finding::no(format!("`cpuid` in ring 3 ended {:?}", o.end)),
+        Err(e) => return Finding::no(format!("ring-3 run failed: {e}")),
+    };
+    let got = [
+        out.regs.rbx as u32,
+        out.regs.rdx as u32,
+        out.regs.rcx as u32,
+    ];
+    let text = |v: [u32; 3]| -> String {
+        v.iter()
+            .flat_map(|w| w.to_le_bytes())
+            .map(|b| if b.is_ascii_graphic() { b as char } else { '.' })
+            .collect()
+    };
+    if got == PROBE_VENDOR {
+        Finding::yes("ring-3 CPUID answered from the vCPU's table (vendor set to CASMotionCPU)")
+    } else {
+        Finding::no(format!(
+            "ring-3 CPUID answered vendor {:?}, not the table's \"CASMotionCPU\": it runs natively \
+             on the host CPU, so guests see the host's CPUID, not the recorded policy",
+            text(got)
+        ))
+    }
 }
 
 /// Below this the "native" ring-3 loop is taken to be emulated (emulation

@@ -122,19 +122,37 @@ pub fn read_desc(c: &mut Cpu, sel: u16) -> R<u64> {
     c.rd_sys(base.wrapping_add(off) & c.lin_mask, 8)
 }
 
+/// Set the accessed bit (type bit 0) of the code or data descriptor `lo`
+/// that selector `sel` names, in the descriptor table, if it is clear: the
+/// processor does so whenever it loads such a segment (SDM 3.4.5.1), and
+/// the guest can see it in memory. Hardware virtualization does it too,
+/// so a replay on another backend would find memory differing otherwise.
+pub fn mark_accessed(c: &mut Cpu, sel: u16, lo: u64) -> R<()> {
+    const S: u64 = 1 << 44;
+    const ACCESSED: u64 = 1 << 40;
+    if lo & S == 0 || lo & ACCESSED != 0 {
+        return Ok(());
+    }
+    let base = if sel & 4 != 0 { c.ldt.base } else { c.gdt.base };
+    let a = base.wrapping_add((sel & !7) as u64) & c.lin_mask;
+    c.wr_priv(a, 8, lo | ACCESSED, false)
+}
+
 /// Load CS for a control transfer to `cpl` (checks type, presence, L/D).
 pub fn load_cs(c: &mut Cpu, sel: u16, new_cpl: u8) -> R<Segment> {
     if sel & !3 == 0 {
         return Err(c.gp0());
     }
     let lo = read_desc(c, sel)?;
-    let s = seg_from_desc((sel & !3) | new_cpl as u16, lo);
+    let mut s = seg_from_desc((sel & !3) | new_cpl as u16, lo);
     if !s.s || s.type_ & 8 == 0 {
         return Err(c.fault(13, Some(sel as u32 & 0xfffc)));
     }
     if !s.present {
         return Err(c.fault(11, Some(sel as u32 & 0xfffc)));
     }
+    mark_accessed(c, sel, lo)?;
+    s.type_ |= 1;
     Ok(s)
 }
 
@@ -207,6 +225,8 @@ pub fn deliver_once(
     if !cs.present {
         return Err(c.fault(11, Some((sel as u32 & 0xfffc) + ext)));
     }
+    mark_accessed(c, sel, cs_lo)?;
+    cs.type_ |= 1;
     if long && !cs.l {
         return Err(c.fault(13, Some((sel as u32 & 0xfffc) + ext)));
     }
@@ -276,6 +296,10 @@ pub fn deliver_once(
             new_ss = seg_from_desc(ss_sel, d);
             if !new_ss.present {
                 return Err(c.fault(12, Some(ss_sel as u32 & 0xfffc)));
+            }
+            mark_accessed(c, ss_sel, d)?;
+            if new_ss.s {
+                new_ss.type_ |= 1;
             }
         }
         let mut items: heapless::Vec<u64, 6> = heapless::Vec::new();

@@ -27,8 +27,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use log_append_api::LogAppend;
 use motion_ipc::{Client, ComponentContext, ComponentResult};
-use motion_records::Hash32;
-use vcpu::{Kicker, Vcpu};
+use motion_records::{Hash32, Untrapped};
+use vcpu::{CounterMode, ExitClocked, Kicker, Vcpu};
+use vcpu_kvm::KvmVm;
 use vcpu_soft::SoftVcpu;
 use vm_control_api::{Outcome, Reply, Request, SessionState, Status, VmControl, VmControlError};
 
@@ -58,6 +59,7 @@ struct Shared {
     records: AtomicU64,
     durable: AtomicU64,
     instructions: AtomicU64,
+    exits: AtomicU64,
     checks: AtomicU64,
     digests: AtomicU64,
     landings: AtomicU64,
@@ -71,6 +73,7 @@ struct Shared {
     /// Live counters of the vCPU thread's environment.
     live_records: std::sync::OnceLock<Arc<ReplayProgress>>,
     live_instructions: std::sync::OnceLock<Arc<AtomicU64>>,
+    live_exits: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 impl Shared {
@@ -109,6 +112,17 @@ impl Shared {
         }
     }
 
+    fn exits(&self) -> u64 {
+        if self.finished() {
+            return self.exits.load(Ordering::Relaxed);
+        }
+        match (self.live_records.get(), self.live_exits.get()) {
+            (Some(p), _) => p.exits.load(Ordering::Relaxed),
+            (None, Some(i)) => i.load(Ordering::Relaxed),
+            _ => self.exits.load(Ordering::Relaxed),
+        }
+    }
+
     fn status(&self, total: Option<u64>) -> Status {
         let outcome = self
             .outcome
@@ -129,6 +143,7 @@ impl Shared {
             durable: self.durable.load(Ordering::Relaxed),
             total,
             instructions: self.instructions(),
+            exits: self.exits(),
             checks: self.checks.load(Ordering::Relaxed),
             digests: self.digests.load(Ordering::Relaxed),
             last_digest: *self.last_digest.lock().unwrap_or_else(|p| p.into_inner()),
@@ -320,14 +335,83 @@ fn disk_hash(g: &Monitor) -> VmResult<Option<Hash32>> {
     Ok(Some(*h.finalize().as_bytes()))
 }
 
-fn soft_vcpu(machine: &Machine, skid: u64) -> VmResult<SoftVcpu> {
-    let mut vcpu = SoftVcpu::new(machine.memory().clone());
-    vcpu.set_host_pmi_skid(skid);
+/// A session's vCPU, reset to the machine's entry state.
+struct BuiltVcpu {
+    vcpu: Box<dyn Vcpu>,
+    /// The CPUID values the guest will see: the machine's policy, or what
+    /// KVM made of it (it does not honour every leaf it is given).
+    cpuid: vcpu::CpuidPolicy,
+    /// What the backend cannot trap (for the log header).
+    untrapped: Vec<Untrapped>,
+}
+
+/// Build the vCPU of `backend` (`soft`, `kvm`) for timing in `mode`: the
+/// soft vCPU as it is for exact timepoints; in exit-synchronous mode every
+/// backend behind [`ExitClocked`], so that a recording made on one replays
+/// on the other. `skid`: the soft vCPU's host PMI skid (exact mode).
+fn build_vcpu(
+    machine: &Machine,
+    backend: &str,
+    mode: CounterMode,
+    skid: u64,
+) -> VmResult<BuiltVcpu> {
+    let vcpu_err = |e: vcpu::VcpuError| VmControlError::Vcpu {
+        what: format!("the {backend} backend: {e}"),
+    };
+    let mut cpuid = machine.cpuid().clone();
+    let mut cpuid_untrapped = false;
+    let mut vcpu: Box<dyn Vcpu> = match (backend, mode) {
+        ("soft", CounterMode::Exact) => {
+            let mut v = SoftVcpu::new(machine.memory().clone());
+            v.set_host_pmi_skid(skid);
+            Box::new(v)
+        }
+        ("soft", CounterMode::ExitSynchronous) => {
+            Box::new(ExitClocked::new(SoftVcpu::new(machine.memory().clone())))
+        }
+        ("kvm", CounterMode::ExitSynchronous) => {
+            let vm = KvmVm::new(machine.memory().clone()).map_err(|e| VmControlError::Vcpu {
+                what: format!("the kvm backend: {e}"),
+            })?;
+            let v = vm.create_vcpu(0, &cpuid.entries).map_err(vcpu_err)?;
+            cpuid.entries = v.effective_cpuid().to_vec();
+            cpuid_untrapped = !ring3_cpuid_follows_policy();
+            Box::new(ExitClocked::new(v))
+        }
+        ("kvm", CounterMode::Exact) => {
+            return Err(VmControlError::Unsupported {
+                what: "exact timepoints on the kvm backend: it has no precise guest branch \
+                       counter here (no usable PMU; see `motion doctor`), so it records and \
+                       replays only in exit-synchronous mode"
+                    .into(),
+            });
+        }
+        (other, _) => {
+            return Err(VmControlError::Unsupported {
+                what: format!("the `{other}` backend (this monitor offers `soft` and `kvm`)"),
+            });
+        }
+    };
     let controls = vcpu.default_controls();
     machine
-        .reset_vcpu(&mut vcpu, controls)
+        .reset_vcpu(&mut *vcpu, controls)
         .map_err(|e| VmControlError::Vcpu {
-            what: e.to_string(),
+            what: format!("the {backend} backend: {e}"),
         })?;
-    Ok(vcpu)
+    let mut untrapped = Untrapped::of_controls(vcpu.controls());
+    if cpuid_untrapped {
+        untrapped.push(Untrapped::Cpuid);
+    }
+    Ok(BuiltVcpu {
+        vcpu,
+        cpuid,
+        untrapped,
+    })
+}
+
+/// Whether CPUID in the guest's ring 3 answers from the vCPU's table on this
+/// host's KVM (probed once per process: it costs a small VM).
+fn ring3_cpuid_follows_policy() -> bool {
+    static FOLLOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOLLOWS.get_or_init(|| vcpu_kvm::probe::ring3_cpuid_follows_policy().works)
 }

@@ -11,12 +11,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log_append_api::{Appender, BatchLimits, CreateLog, Record as WireRecord};
 use motion_records::{MachineInfo, Record};
 use vcpu::{CounterMode, Vcpu};
-use vcpu_soft::SoftVcpu;
 use vm_control_api::{Outcome, RecordSetup, Reply, VmControlError};
 
 use super::{
-    Monitor, Session, Shared, SharedOutput, VmResult, busy, disk_hash, load_err, read_guest,
-    soft_vcpu,
+    BuiltVcpu, Monitor, Session, Shared, SharedOutput, VmResult, build_vcpu, busy, disk_hash,
+    load_err, read_guest,
 };
 use crate::devices::virtio_blk::DiskImage;
 use crate::env::EnvError;
@@ -66,14 +65,12 @@ impl RecordSink for ChannelSink {
 
 pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<Reply> {
     busy(g)?;
-    if setup.backend != "soft" {
-        return Err(VmControlError::Unsupported {
-            what: format!(
-                "recording on the `{}` backend (this build records on `soft`)",
-                setup.backend
-            ),
-        });
-    }
+    // Each backend's best unless asked: exact where the vCPU counts
+    // exactly, the exit clock where it cannot.
+    let mode = setup.counter_mode.unwrap_or(match setup.backend.as_str() {
+        "soft" => CounterMode::Exact,
+        _ => CounterMode::ExitSynchronous,
+    });
     let client = g.log.take().ok_or(VmControlError::BadRequest {
         what: "no LogAppend channel (already used by an earlier recording, or not declared)".into(),
     })?;
@@ -91,7 +88,11 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
         Some(p) => Some(DiskImage::open(p, false).map_err(load_err)?),
         None => None,
     };
-    let vcpu = soft_vcpu(&machine, 0)?;
+    let BuiltVcpu {
+        vcpu,
+        cpuid,
+        untrapped,
+    } = build_vcpu(&machine, &setup.backend, mode, 0)?;
     let info = MachineInfo {
         backend: vcpu.backend().into(),
         guest_name: setup.guest_name.clone(),
@@ -99,8 +100,9 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
         memory_bytes: machine.ram_size(),
         guest_image,
         disk_image,
-        cpuid: machine.cpuid().clone(),
-        counter_mode: CounterMode::of(&vcpu).unwrap_or(CounterMode::Exact),
+        cpuid,
+        counter_mode: CounterMode::of(&*vcpu).unwrap_or(CounterMode::Exact),
+        untrapped,
     };
     let shared = Arc::new(Shared::default());
     let (input_tx, input) = if setup.serial_input {
@@ -137,6 +139,7 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
     );
     let stop = env.stop_flag();
     let _ = shared.live_instructions.set(env.instructions());
+    let _ = shared.live_exits.set(env.exits());
     let kicker = vcpu.kicker();
     // Open the log before answering, so a refusal (the log exists, a bad
     // name) is the answer to `Record`.
@@ -182,7 +185,7 @@ pub(super) fn start_recording(g: &mut Monitor, setup: &RecordSetup) -> VmResult<
 #[allow(clippy::too_many_arguments)]
 fn record_session(
     machine: Machine,
-    mut vcpu: SoftVcpu,
+    mut vcpu: Box<dyn Vcpu>,
     mut env: RecordingEnv<LiveEnvironment, ChannelSink>,
     limits: RunLimits,
     app: Appender,
@@ -198,14 +201,17 @@ fn record_session(
         Ok(t) => t,
         Err(e) => return Outcome::Failed(format!("cannot start the log thread: {e}")),
     };
-    let result = machine.run(&mut vcpu, &mut env, &limits);
+    let result = machine.run(&mut *vcpu, &mut env, &limits);
     if let Some(r) = vcpu.retired() {
         shared.instructions.store(r.instructions, Ordering::Relaxed);
+    }
+    if let Some(n) = vcpu.deterministic_exits() {
+        shared.exits.store(n, Ordering::Relaxed);
     }
     let end = crate::record::end_status(&result);
     // Dropping the environment and its sink closes the record channel: the
     // log thread seals the log after the last record.
-    let finished = env.finish(&vcpu, &result).map(|(_, _, stats)| {
+    let finished = env.finish(&*vcpu, &result).map(|(_, _, stats)| {
         shared.checks.store(stats.checks, Ordering::Relaxed);
         shared.digests.store(stats.digests, Ordering::Relaxed);
     });

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use motion_records::Record;
 use vcpu::{CounterMode, Vcpu};
-use vcpu_soft::SoftVcpu;
 use vm_control_api::{
     DivergenceReport, Feed, LoadedImages, Outcome, ReplayLoad, Reply, VmControlError,
 };
 
 use super::{
-    Monitor, Session, Shared, SharedOutput, VmResult, busy, disk_hash, load_err, lock, read_guest,
-    soft_vcpu,
+    BuiltVcpu, Monitor, Session, Shared, SharedOutput, VmResult, build_vcpu, busy, disk_hash,
+    load_err, lock, read_guest,
 };
 use crate::env::EnvError;
 use crate::machine::{Machine, MachineConfig, RunLimits};
@@ -52,11 +51,13 @@ impl RecordSource for ChannelSource {
 pub(super) fn load_replay(g: &mut Monitor, load: &ReplayLoad) -> VmResult<Reply> {
     busy(g)?;
     let info = &load.machine;
-    if info.backend != "soft" || info.counter_mode != CounterMode::Exact {
+    if load.backend == "kvm" && info.counter_mode == CounterMode::Exact {
         return Err(VmControlError::Unsupported {
             what: format!(
-                "replaying a `{}` recording timed in {:?} mode (this build replays soft-vCPU recordings with exact timepoints)",
-                info.backend, info.counter_mode
+                "replaying a recording with exact timepoints (made on `{}`) on the kvm backend: \
+                 it has no precise guest branch counter here (no usable PMU), so it can only \
+                 replay exit-synchronous recordings; replay this one with --backend soft",
+                info.backend
             ),
         });
     }
@@ -85,7 +86,11 @@ pub(super) fn load_replay(g: &mut Monitor, load: &ReplayLoad) -> VmResult<Reply>
     )
     .map_err(load_err)?;
     let skid = u64::from(load.pmi_skid);
-    let vcpu = soft_vcpu(&machine, skid)?;
+    let BuiltVcpu {
+        vcpu,
+        untrapped: replay_untrapped,
+        ..
+    } = build_vcpu(&machine, &load.backend, info.counter_mode, skid)?;
     let shared = Arc::new(Shared::default());
     let (tx, rx) = crossbeam_channel::unbounded();
     let env = ReplayEnv::new(
@@ -104,12 +109,15 @@ pub(super) fn load_replay(g: &mut Monitor, load: &ReplayLoad) -> VmResult<Reply>
             .margin(),
         },
         Box::new(SharedOutput(Arc::clone(&shared))),
-    );
+    )
+    .with_untrapped(&info.backend, info.untrapped.clone())
+    .with_replay_untrapped(&load.backend, replay_untrapped);
     let _ = shared.live_records.set(env.progress());
     let kicker = vcpu.kicker();
     let sh = Arc::clone(&shared);
+    let mode = info.counter_mode;
     let start = move || {
-        let outcome = replay_session(machine, vcpu, env, &sh);
+        let outcome = replay_session(mode, machine, vcpu, env, &sh);
         sh.finish(outcome);
     };
     g.session = Some(Session {
@@ -127,15 +135,20 @@ pub(super) fn load_replay(g: &mut Monitor, load: &ReplayLoad) -> VmResult<Reply>
 }
 
 fn replay_session(
+    mode: CounterMode,
     machine: Machine,
-    mut vcpu: SoftVcpu,
+    mut vcpu: Box<dyn Vcpu>,
     mut env: ReplayEnv<ChannelSource>,
     shared: &Shared,
 ) -> Outcome {
     let progress = env.progress();
     let start = Instant::now();
-    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
-    let end = env.finish(&vcpu, result);
+    let limits = RunLimits {
+        exit_synchronous: mode == CounterMode::ExitSynchronous,
+        ..RunLimits::default()
+    };
+    let result = machine.run(&mut *vcpu, &mut env, &limits);
+    let end = env.finish(&*vcpu, result);
     shared
         .session_ns
         .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -145,6 +158,9 @@ fn replay_session(
         .store(progress.records.load(Ordering::Relaxed), Ordering::Relaxed);
     if let Some(r) = vcpu.retired() {
         shared.instructions.store(r.instructions, Ordering::Relaxed);
+    }
+    if let Some(n) = vcpu.deterministic_exits() {
+        shared.exits.store(n, Ordering::Relaxed);
     }
     shared.checks.store(stats.checks, Ordering::Relaxed);
     shared.digests.store(stats.digests, Ordering::Relaxed);

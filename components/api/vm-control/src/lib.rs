@@ -24,7 +24,7 @@ use motion_ipc::Interface;
 use motion_records::session::DurabilityRequest;
 use motion_records::{EndStatus, Hash32, MachineInfo};
 use serde::{Deserialize, Serialize};
-use vcpu::{Event, Regs, SpecialRegs, Timepoint};
+use vcpu::{CounterMode, Event, Regs, SpecialRegs, Timepoint};
 
 pub use log_append_api::Record as WireRecord;
 
@@ -114,8 +114,12 @@ pub struct RecordSetup {
     pub guest_name: String,
     /// Guest RAM in bytes.
     pub ram: u64,
-    /// The vCPU backend (`soft`).
+    /// The vCPU backend (`soft`, `kvm`).
     pub backend: String,
+    /// How asynchronous events are timed; `None`: the backend's best
+    /// (`exact` on soft, `exit-synchronous` on kvm). `exit-synchronous` on
+    /// soft records what a kvm recording would, for replay on either.
+    pub counter_mode: Option<CounterMode>,
     /// A digest every this many inputs.
     pub digest_every: u64,
     /// When the store makes records durable.
@@ -134,6 +138,8 @@ pub struct ReplayLoad {
     /// Host PMI skid of the soft vCPU (instructions), to exercise landing;
     /// the landing margin follows it.
     pub pmi_skid: u32,
+    /// The vCPU backend to replay on (`soft`, `kvm`), whichever recorded.
+    pub backend: String,
 }
 
 /// The hashes of the images the vm-monitor loaded.
@@ -165,6 +171,8 @@ pub struct ReplaySetup {
     pub log: String,
     /// Host PMI skid of the soft vCPU (0 = exact), to exercise landing.
     pub pmi_skid: u32,
+    /// The vCPU backend to replay on (`soft`, `kvm`).
+    pub backend: String,
 }
 
 /// Where a session is.
@@ -233,8 +241,12 @@ pub struct Status {
     pub durable: u64,
     /// Records in the log (replay), once known.
     pub total: Option<u64>,
-    /// Guest instructions retired.
+    /// Guest instructions retired, where the backend counts them (0 where
+    /// it cannot: kvm, and every exit-synchronous session).
     pub instructions: u64,
+    /// The exit clock of an exit-synchronous session (`vcpu::ExitClocked`:
+    /// port I/O, MMIO and HLT exits so far); 0 in exact sessions.
+    pub exits: u64,
     /// State checks compared (replay) or written (recording).
     pub checks: u64,
     /// Digests compared (replay) or written (recording).
@@ -399,7 +411,8 @@ mod tests {
             guest_image: [1; 32],
             disk_image: Some([2; 32]),
             cpuid: vcpu::CpuidPolicy::baseline(),
-            counter_mode: vcpu::CounterMode::Exact,
+            counter_mode: CounterMode::Exact,
+            untrapped: Vec::new(),
         }
     }
 
@@ -415,6 +428,7 @@ mod tests {
             guest_name: "timer".into(),
             ram: 1 << 27,
             backend: "soft".into(),
+            counter_mode: Some(CounterMode::ExitSynchronous),
             digest_every: 500,
             durability: DurabilityRequest::IntervalMs(10),
             serial_input: true,
@@ -428,6 +442,7 @@ mod tests {
         round_trip(Request::LoadReplay(Box::new(ReplayLoad {
             machine: machine(),
             pmi_skid: 64,
+            backend: "kvm".into(),
         })));
         round_trip(Request::Feed(Box::new(Feed {
             first: 7,
@@ -442,6 +457,7 @@ mod tests {
         round_trip(Request::Replay(Box::new(ReplaySetup {
             log: "t.motionlog".into(),
             pmi_skid: 0,
+            backend: "soft".into(),
         })));
         let tp = Timepoint {
             vcpu: 0,
@@ -467,6 +483,7 @@ mod tests {
             durable: 10,
             total: Some(20),
             instructions: 1000,
+            exits: 3,
             checks: 5,
             digests: 1,
             last_digest: Some((3, [9; 32])),

@@ -265,12 +265,16 @@ urt_exc_common:
     .section .data
     .p2align 3
     .global urt_gdt
+/* Accessed bits preset (type 0xB/0x3): a CPU sets them when it loads a
+   segment, but not every virtualizer does (the nested KVM here does for the
+   ring-0 loads, not for IRETQ's), and a bit set on one backend and not on
+   another would make memory differ between a recording and its replay. */
 urt_gdt:
     .quad 0
-    .quad 0x00AF9A000000FFFF    /* 0x08 kernel code, 64-bit */
-    .quad 0x00CF92000000FFFF    /* 0x10 kernel data */
-    .quad 0x00CFF2000000FFFF    /* 0x18 user data (0x1b) */
-    .quad 0x00AFFA000000FFFF    /* 0x20 user code, 64-bit (0x23) */
+    .quad 0x00AF9B000000FFFF    /* 0x08 kernel code, 64-bit */
+    .quad 0x00CF93000000FFFF    /* 0x10 kernel data */
+    .quad 0x00CFF3000000FFFF    /* 0x18 user data (0x1b) */
+    .quad 0x00AFFB000000FFFF    /* 0x20 user code, 64-bit (0x23) */
     .quad 0                     /* 0x28 TSS, filled by the stub */
     .quad 0
 urt_gdt_end:

@@ -157,11 +157,12 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
             BackendVerdict {
                 usable: true,
                 counter_mode: "exit-synchronous",
-                counter_backend: "vCPU exit count",
+                counter_backend: "count of port I/O, MMIO and HLT exits",
                 reason: format!(
                     "{}; asynchronous events are delivered only at deterministic exits and \
                      timestamped by the exit count, so interrupt latency depends on the guest \
-                     exiting",
+                     exiting; `motion record --backend kvm` records in this mode, and such \
+                     logs replay on kvm and on soft",
                     missing.join("; ")
                 ),
                 notes: Vec::new(),
@@ -176,10 +177,18 @@ pub fn verdict(kvm: &KvmReport, pmu: &PerfReport) -> Verdict {
                  slower on kvm than on soft"
             ));
         }
+        if !kvm.ring3_cpuid.works {
+            kvm_verdict.notes.push(
+                "CPUID in guest ring 3 runs natively on the host CPU: guests see the host's \
+                 CPUID, not the policy; kvm recordings list cpuid as not trapped"
+                    .into(),
+            );
+        }
         if !kvm.cpuid_policy.works {
             kvm_verdict.notes.push(
-                "KVM does not honour the CPUID policy: RDRAND/RDSEED stay visible to guests, \
-                 so kvm recordings must be marked as possibly containing unrecorded randomness"
+                "KVM does not honour the CPUID policy: RDRAND/RDSEED stay visible to guests; \
+                 kvm recordings say in their header that RDTSC, RDRAND and RDSEED were not \
+                 trapped, and a replay of a guest that executed them reports the divergence"
                     .into(),
             );
         }
@@ -264,6 +273,7 @@ fn print_human(r: &DoctorReport) {
             );
         }
         row("CPUID policy honoured", yes_no(&r.kvm.cpuid_policy));
+        row("ring-3 CPUID from policy", yes_no(&r.kvm.ring3_cpuid));
         row("guest single-step", yes_no(&r.kvm.single_step));
         row("hardware breakpoints", yes_no(&r.kvm.hw_breakpoint));
     }

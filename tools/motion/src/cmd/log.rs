@@ -115,6 +115,14 @@ fn inspect(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
             m.disk_image.as_ref().map_or("none".to_string(), |h| hex(h))
         );
         println!("cpuid:    {} entries", m.cpuid.entries.len());
+        if !m.untrapped.is_empty() {
+            let names: Vec<&str> = m.untrapped.iter().map(|u| u.name()).collect();
+            println!(
+                "untrapped: {} (the {} backend could not trap them: their values are not in the log, a guest that executed one will not replay)",
+                names.join(", "),
+                m.backend
+            );
+        }
     }
     println!("records:  {} in {} blocks", s.records, s.blocks.len());
     for (id, n) in &s.counts {
@@ -147,6 +155,7 @@ fn inspect(log: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                 "disk_image": m.disk_image.as_ref().map(|h| hex(h)),
                 "cpuid_entries": m.cpuid.entries.len(),
                 "counter_mode": counter_mode_name(m.counter_mode),
+                "untrapped": m.untrapped.iter().map(|u| u.name()).collect::<Vec<_>>(),
             })
         });
         let counts: serde_json::Map<String, Value> = s

@@ -18,7 +18,8 @@ use motion_records::session::DurabilityRequest;
 use motion_runtime::{DomainOutcome, Runtime, RuntimeConfig, SupervisorEvent, SystemGraph};
 use vm_control_api::{Outcome, RecordSetup, Reply, Request, SessionState, Status, VmControl};
 
-use crate::cmd::run::Backend;
+use crate::cmd::run::{Backend, CounterModeArg};
+use motion_records::{CounterMode, MachineInfo, counter_mode_name};
 
 /// The repository's `system.toml`, built in: the graph every session starts.
 pub const SYSTEM_TOML: &str = include_str!("../../../../system.toml");
@@ -44,9 +45,15 @@ pub struct RecordArgs {
     /// Serial input: a file, or `-` for standard input.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// vCPU backend.
+    /// vCPU backend. kvm records in exit-synchronous mode (no precise
+    /// counters there); such a log replays on soft and on kvm.
     #[arg(long, value_enum, default_value = "soft")]
     pub backend: Backend,
+    /// How asynchronous events are timed (default: exact on soft,
+    /// exit-synchronous on kvm). `exit-synchronous` on soft makes a log
+    /// that also replays on kvm.
+    #[arg(long, value_enum)]
+    pub counter_mode: Option<CounterModeArg>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 128)]
     pub ram_mib: u64,
@@ -296,6 +303,8 @@ pub fn progress_bar(len: Option<u64>) -> Option<indicatif::ProgressBar> {
 /// What a recording produced.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The log header's machine description (backend, counter mode).
+    pub machine: MachineInfo,
     /// How it ended.
     pub outcome: Outcome,
     /// The final status.
@@ -324,9 +333,10 @@ pub struct RecordRun<'a> {
 /// [`Outcome::Recorded`].
 pub fn record(run: &RecordRun<'_>) -> anyhow::Result<Recorded> {
     let args = run.args;
-    if args.backend != Backend::Soft {
+    if args.backend == Backend::Kvm && args.counter_mode == Some(CounterModeArg::Exact) {
         bail!(
-            "recording on the kvm backend is not wired up yet (the monitor records on `--backend soft`)"
+            "--counter-mode exact is not available on the kvm backend: it has no precise guest \
+             branch counter here (see `motion doctor`); kvm records exit-synchronous"
         );
     }
     if args.out.exists() {
@@ -364,7 +374,8 @@ pub fn record(run: &RecordRun<'_>) -> anyhow::Result<Recorded> {
         log: name,
         guest_name: args.guest.clone(),
         ram: args.ram_mib.saturating_mul(1 << 20),
-        backend: "soft".into(),
+        backend: args.backend.name().into(),
+        counter_mode: args.counter_mode.map(Into::into),
         digest_every: args.digest_every.max(1),
         durability: if args.sync_ms == 0 {
             DurabilityRequest::EveryBatch
@@ -378,7 +389,7 @@ pub fn record(run: &RecordRun<'_>) -> anyhow::Result<Recorded> {
     let result = drive(&mut session, run, setup, input, &args.out);
     let died = session.died.clone();
     session.shutdown();
-    let (outcome, status, output) = match result {
+    let (outcome, status, output, machine) = match result {
         Ok(x) => x,
         Err(e) => {
             let held = log_store::LogReader::open(&args.out)
@@ -395,6 +406,7 @@ pub fn record(run: &RecordRun<'_>) -> anyhow::Result<Recorded> {
     };
     let log_bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     Ok(Recorded {
+        machine,
         outcome,
         status,
         log_bytes,
@@ -410,10 +422,13 @@ fn drive(
     setup: RecordSetup,
     input: Option<Box<dyn Read + Send>>,
     out: &Path,
-) -> anyhow::Result<(Outcome, Status, Vec<u8>)> {
-    match session.call(&Request::Record(Box::new(setup)))? {
-        Reply::Recording(_) => {}
+) -> anyhow::Result<(Outcome, Status, Vec<u8>, MachineInfo)> {
+    let machine = match session.call(&Request::Record(Box::new(setup)))? {
+        Reply::Recording(m) => *m,
         other => bail!("unexpected answer {other:?} to Record"),
+    };
+    if run.progress {
+        eprintln!("motion record: {}", mode_text(&machine));
     }
     let (tx, rx) = crossbeam_channel::unbounded::<Option<Vec<u8>>>();
     if let Some(mut r) = input {
@@ -473,10 +488,12 @@ fn drive(
         if let Some(b) = &bar {
             let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
             b.set_message(format!(
-                "recording: {} records ({} durable), {} guest instructions, log {}",
+                "recording ({}, {}): {} records ({} durable), {}, log {}",
+                machine.backend,
+                counter_mode_name(machine.counter_mode),
                 status.records,
                 status.durable,
-                status.instructions,
+                work_text(machine.counter_mode, &status),
                 bytes(size)
             ));
         }
@@ -489,7 +506,36 @@ fn drive(
         b.finish_and_clear();
     }
     let (outcome, status) = result?;
-    Ok((outcome, status, output))
+    Ok((outcome, status, output, machine))
+}
+
+/// The backend, counter mode and untrapped instructions of a log, for people.
+pub fn mode_text(m: &MachineInfo) -> String {
+    let mut s = format!(
+        "backend {}, counter mode {}",
+        m.backend,
+        counter_mode_name(m.counter_mode)
+    );
+    if m.counter_mode == CounterMode::ExitSynchronous {
+        s += " (asynchronous events delivered only at port I/O, MMIO and HLT exits, timed by their count)";
+    }
+    if !m.untrapped.is_empty() {
+        let names: Vec<&str> = m.untrapped.iter().map(|u| u.name()).collect();
+        s += &format!(
+            "; not trapped: {} (values not recorded: a guest that executes them will not replay)",
+            names.join(", ")
+        );
+    }
+    s
+}
+
+/// The guest work a status reports: instructions where counted exactly,
+/// the exit clock in exit-synchronous sessions.
+pub fn work_text(mode: CounterMode, s: &Status) -> String {
+    match mode {
+        CounterMode::Exact => format!("{} guest instructions", s.instructions),
+        CounterMode::ExitSynchronous => format!("{} clocked exits", s.exits),
+    }
 }
 
 /// An end status for people and JSON: `shutdown (status N)`, `halted`,
@@ -516,16 +562,19 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         other => (false, format!("{other:?}")),
     };
     let summary = format!(
-        "recorded {} records ({} durable), {} guest instructions, {} digests, log {} ({}), {:.3} s, end: {end}",
+        "recorded {} records ({} durable), {}, {} digests, log {} ({}), {:.3} s, end: {end}",
         r.status.records,
         r.status.durable,
-        r.status.instructions,
+        work_text(r.machine.counter_mode, &r.status),
         r.status.digests,
         args.out.display(),
         bytes(r.log_bytes),
         r.elapsed.as_secs_f64(),
     );
     eprintln!("motion record: {summary}");
+    if let Some(hint) = crate::cmd::run::kvm_failure_hint(&end) {
+        eprintln!("motion record: {hint}");
+    }
     if let Some(d) = &r.died {
         eprintln!("motion record: {d}");
     }
@@ -538,6 +587,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 "records": r.status.records,
                 "durable": r.status.durable,
                 "instructions": r.status.instructions,
+                "exits": r.status.exits,
+                "backend": r.machine.backend,
+                "counter_mode": counter_mode_name(r.machine.counter_mode),
+                "untrapped": r.machine.untrapped.iter().map(|u| u.name()).collect::<Vec<_>>(),
                 "digests": r.status.digests,
                 "checks": r.status.checks,
                 "log_bytes": r.log_bytes,

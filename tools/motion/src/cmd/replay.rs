@@ -17,7 +17,9 @@ use anyhow::{Context, bail};
 use motion_records::hex;
 use vm_control_api::{DivergenceReport, Outcome, ReplaySetup, Reply, Request, Status};
 
-use crate::cmd::record::{Session, guest_path, progress_bar, split_log};
+use crate::cmd::record::{Session, guest_path, progress_bar, split_log, work_text};
+use crate::cmd::run::Backend;
+use motion_records::{CounterMode, MachineInfo};
 
 /// Exit status of a replay that diverged.
 pub const EXIT_DIVERGED: u8 = 2;
@@ -42,6 +44,11 @@ pub struct ReplayArgs {
     /// landing copes with imprecise counters.
     #[arg(long, default_value_t = 0)]
     pub pmi_skid: u32,
+    /// vCPU backend to replay on, whichever recorded: a kvm
+    /// (exit-synchronous) recording replays on soft too; an exact-mode
+    /// recording cannot replay on kvm (no precise counters there).
+    #[arg(long, value_enum, default_value = "soft")]
+    pub backend: Backend,
     /// A system description other than the built-in one.
     #[arg(long)]
     pub system: Option<PathBuf>,
@@ -69,6 +76,22 @@ pub struct Replayed {
     pub output: Vec<u8>,
     /// Wall time from the request to the verdict.
     pub elapsed: Duration,
+    /// The log header's machine description.
+    pub machine: MachineInfo,
+}
+
+/// Why a log cannot replay on `backend`, before anything starts.
+pub fn backend_refusal(machine: &MachineInfo, backend: Backend) -> Option<String> {
+    (backend == Backend::Kvm && machine.counter_mode == CounterMode::Exact).then(|| {
+        format!(
+            "this log was recorded on `{}` with exact timepoints (counter mode exact), which the \
+             kvm backend cannot reproduce: it has no precise guest branch counter here (no \
+             usable PMU; see `motion doctor`) and replays only exit-synchronous recordings \
+             (made with --backend kvm, or --counter-mode exit-synchronous on soft); replay \
+             it with --backend soft",
+            machine.backend
+        )
+    })
 }
 
 /// Replay per `args`.
@@ -79,6 +102,16 @@ pub fn replay(args: &ReplayArgs, echo: bool, progress: bool) -> anyhow::Result<R
     let machine = reader.machine().clone();
     let total = reader.record_count();
     drop(reader);
+    if let Some(why) = backend_refusal(&machine, args.backend) {
+        return Ok(Replayed {
+            outcome: Outcome::Refused(why),
+            status: Status::default(),
+            total,
+            output: Vec::new(),
+            elapsed: Duration::ZERO,
+            machine,
+        });
+    }
     let guest = match &args.guest {
         Some(g) => guest_path(g)?,
         None => guest_path(&machine.guest_name).with_context(|| {
@@ -103,7 +136,8 @@ pub fn replay(args: &ReplayArgs, echo: bool, progress: bool) -> anyhow::Result<R
         args.events,
     )?;
     let start = Instant::now();
-    let result = drive(&mut session, args, name, total, echo, progress);
+    let mode = machine.counter_mode;
+    let result = drive(&mut session, args, name, (total, mode), echo, progress);
     session.shutdown();
     let (outcome, status, output) = result?;
     Ok(Replayed {
@@ -112,6 +146,7 @@ pub fn replay(args: &ReplayArgs, echo: bool, progress: bool) -> anyhow::Result<R
         total,
         output,
         elapsed: start.elapsed(),
+        machine,
     })
 }
 
@@ -119,13 +154,14 @@ fn drive(
     session: &mut Session,
     args: &ReplayArgs,
     log: String,
-    total: u64,
+    (total, mode): (u64, CounterMode),
     echo: bool,
     progress: bool,
 ) -> anyhow::Result<(Outcome, Status, Vec<u8>)> {
     match session.call(&Request::Replay(Box::new(ReplaySetup {
         log,
         pmi_skid: args.pmi_skid,
+        backend: args.backend.name().into(),
     })))? {
         Reply::ReplayStarted => {}
         other => bail!("unexpected answer {other:?} to Replay"),
@@ -150,7 +186,7 @@ fn drive(
         }
         if let Some(b) = &bar {
             b.set_position(s.records);
-            b.set_message(format!("{} guest instructions", s.instructions));
+            b.set_message(work_text(mode, s));
         }
     });
     if let Some(b) = bar {
@@ -164,12 +200,22 @@ fn drive(
     Ok((outcome, last, output))
 }
 
-/// The divergence report, for people.
+/// The divergence report, for people (of an exact-mode log).
 pub fn report(d: &DivergenceReport) -> String {
+    report_in(d, CounterMode::Exact)
+}
+
+/// The divergence report of a log timed in `mode`: the timepoint's count is
+/// retired branches, or the exit clock in exit-synchronous logs.
+pub fn report_in(d: &DivergenceReport, mode: CounterMode) -> String {
     let mut s = format!("divergence at record {}: {}\n", d.record, d.what);
     if let Some(t) = &d.at {
+        let count = match mode {
+            CounterMode::Exact => "branches",
+            CounterMode::ExitSynchronous => "clocked exits",
+        };
         s += &format!(
-            "  replay at: vcpu {} branches {} rip {:#x} rcx {:#x}\n",
+            "  replay at: vcpu {} {count} {} rip {:#x} rcx {:#x}\n",
             t.vcpu, t.branches, t.rip, t.rcx
         );
     }
@@ -222,6 +268,13 @@ pub fn report(d: &DivergenceReport) -> String {
 /// Run `motion replay`.
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let r = replay(&args, !args.quiet, true)?;
+    if !matches!(r.outcome, Outcome::Refused(_)) {
+        eprintln!(
+            "motion replay: on {}; the log: {}",
+            args.backend.name(),
+            crate::cmd::record::mode_text(&r.machine)
+        );
+    }
     let digest = r
         .status
         .last_digest
@@ -231,9 +284,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let (code, verified) = match &r.outcome {
         Outcome::Verified { end } => {
             println!(
-                "replay verified: {} records, {} instructions, digest {digest}; {} state checks, {} digests, {} landings, end {}, {:.3} s",
+                "replay verified: {} records, {}, digest {digest}; {} state checks, {} digests, {} landings, end {}, {:.3} s",
                 r.status.records,
-                r.status.instructions,
+                work_text(r.machine.counter_mode, &r.status),
                 r.status.checks,
                 r.status.digests,
                 r.status.landings,
@@ -250,7 +303,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             (ExitCode::from(EXIT_TRUNCATED), false)
         }
         Outcome::Diverged(d) => {
-            print!("replay DIVERGED: {}", report(d));
+            print!("replay DIVERGED: {}", report_in(d, r.machine.counter_mode));
             (ExitCode::from(EXIT_DIVERGED), false)
         }
         Outcome::Refused(why) => {
@@ -259,6 +312,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         Outcome::Failed(why) => {
             eprintln!("replay failed: {why}");
+            if let Some(hint) = crate::cmd::run::kvm_failure_hint(why) {
+                eprintln!("motion replay: {hint}");
+            }
             (ExitCode::FAILURE, false)
         }
         Outcome::Recorded { .. } => {
@@ -272,6 +328,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             "records": r.status.records,
             "log_records": r.total,
             "instructions": r.status.instructions,
+            "exits": r.status.exits,
+            "backend": args.backend.name(),
+            "recorded_on": r.machine.backend,
+            "counter_mode": motion_records::counter_mode_name(r.machine.counter_mode),
             "digest": digest_hex,
             "checks": r.status.checks,
             "digests": r.status.digests,

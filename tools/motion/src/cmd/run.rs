@@ -21,6 +21,35 @@ pub enum Backend {
     Kvm,
 }
 
+impl Backend {
+    /// Its name in log headers and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Soft => "soft",
+            Backend::Kvm => "kvm",
+        }
+    }
+}
+
+/// How a recording times asynchronous events (`--counter-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CounterModeArg {
+    /// Exact retired-branch timepoints: events land at any instruction (soft).
+    Exact,
+    /// Events delivered only at port I/O, MMIO and HLT exits, timed by their
+    /// count: what kvm records, replayable on soft and kvm.
+    ExitSynchronous,
+}
+
+impl From<CounterModeArg> for vcpu::CounterMode {
+    fn from(m: CounterModeArg) -> Self {
+        match m {
+            CounterModeArg::Exact => vcpu::CounterMode::Exact,
+            CounterModeArg::ExitSynchronous => vcpu::CounterMode::ExitSynchronous,
+        }
+    }
+}
+
 /// Arguments of `motion run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -142,15 +171,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(outcome.exit_status()))
 }
 
+/// What the user can do about a KVM emulation failure, if `message` is one.
+pub fn kvm_failure_hint(message: &str) -> Option<&'static str> {
+    message.contains("KVM_EXIT_INTERNAL_ERROR").then_some(
+        "KVM could not execute a guest instruction: where KVM runs ring-0 guest code in its \
+         instruction emulator (nested KVM; see `motion doctor`), SSE arithmetic and INT/IRET \
+         in 64-bit mode are not emulated; use --backend soft, or a ring-3 guest",
+    )
+}
+
 /// Add what the user can do to a KVM emulation failure.
 fn explain_kvm_failure(e: anyhow::Error) -> anyhow::Error {
-    if format!("{e:#}").contains("KVM_EXIT_INTERNAL_ERROR") {
-        e.context(
-            "KVM could not execute a guest instruction: where KVM runs ring-0 guest code in its \
-             instruction emulator (nested KVM; see `motion doctor`), SSE arithmetic and INT/IRET \
-             in 64-bit mode are not emulated; use --backend soft",
-        )
-    } else {
-        e
+    match kvm_failure_hint(&format!("{e:#}")) {
+        Some(hint) => e.context(hint),
+        None => e,
     }
 }

@@ -257,6 +257,22 @@ impl Ring3Runner {
         Ok(vcpu)
     }
 
+    /// Give the vCPU this CPUID table (KVM_SET_CPUID2) instead of the host's
+    /// supported one. Call before the first run: KVM may refuse changes
+    /// after the vCPU has run.
+    pub fn set_cpuid(&mut self, entries: &[crate::cpuid::CpuidEntry]) -> Result<(), Ring3Error> {
+        let cpuid = crate::cpuid::to_kvm(entries)
+            .map_err(|e| Ring3Error::BadBlock(format!("CPUID table: {e}")))?;
+        self.vcpu
+            .set_cpuid2(&cpuid)
+            .map_err(kvm_err("KVM_SET_CPUID2"))
+    }
+
+    /// The host's supported CPUID entries (KVM_GET_SUPPORTED_CPUID).
+    pub fn supported_cpuid(&self) -> Result<Vec<crate::cpuid::CpuidEntry>, Ring3Error> {
+        Ok(crate::cpuid::from_kvm(&supported_cpuid(&self.kvm)?))
+    }
+
     /// Turn KVM guest debugging on or off for the following runs.
     pub fn set_guest_debug(&mut self, mode: GuestDebug) -> Result<(), Ring3Error> {
         use kvm_bindings::{

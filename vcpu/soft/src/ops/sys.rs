@@ -6,7 +6,9 @@ use vcpu::{Completion, ExitInfo, ExitReason, IoDirection, IoQualification, VmExi
 use crate::cpu::{CS, Cpu, DS, ES, FS, GS, R, SS, Stop, Stopped, cr0, cr4, efer};
 use crate::exits::Answer;
 use crate::flags;
-use crate::interrupt::{self, EventKind, load_cs, null_ss, read_desc, seg_from_desc, set_cs};
+use crate::interrupt::{
+    self, EventKind, load_cs, mark_accessed, null_ss, read_desc, seg_from_desc, set_cs,
+};
 use crate::op::{Flow, Op, kind};
 use crate::t;
 
@@ -672,7 +674,7 @@ pub fn load_data_seg(c: &mut Cpu, idx: usize, sel: u16) -> R<()> {
         return Ok(());
     }
     let lo = read_desc(c, sel)?;
-    let s = seg_from_desc(sel, lo);
+    let mut s = seg_from_desc(sel, lo);
     let err = Some(sel as u32 & 0xfffc);
     if idx == SS {
         if rpl != c.cpl || s.dpl != c.cpl || !s.s || s.type_ & 0xa != 2 {
@@ -692,6 +694,8 @@ pub fn load_data_seg(c: &mut Cpu, idx: usize, sel: u16) -> R<()> {
             return Err(c.fault(11, err));
         }
     }
+    mark_accessed(c, sel, lo)?;
+    s.type_ |= 1;
     c.seg[idx] = s;
     c.mode_changed();
     Ok(())
@@ -1136,7 +1140,9 @@ pub fn far_jmp_call(c: &mut Cpu, o: &Op) -> Flow {
         c.fault(11, Some(sel as u32 & 0xfffc));
         return Flow::Stop;
     }
+    t!(mark_accessed(c, sel, lo));
     let mut cs = d;
+    cs.type_ |= 1;
     cs.selector = (sel & !3) | c.cpl as u16;
     if o.cc == 1 {
         let old_cs = c.seg[CS].selector as u64;

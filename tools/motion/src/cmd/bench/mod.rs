@@ -1,6 +1,7 @@
 //! `motion bench …`: benchmarks that print each figure beside its baseline
 //! from the same run.
 
+pub mod backends;
 pub mod cpu;
 pub mod log;
 pub mod record;
@@ -19,6 +20,8 @@ pub enum BenchCmd {
     Log(log::LogBenchArgs),
     /// A guest live, recorded and replayed: wall times, ratios, log size.
     Record(record::RecordBenchArgs),
+    /// The same guests on soft and on kvm, live and recorded, side by side.
+    Backends(backends::BackendsBenchArgs),
 }
 
 /// Run a `motion bench` subcommand.
@@ -27,5 +30,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Cpu(a) => cpu::run(a),
         BenchCmd::Log(args) => log::run(args),
         BenchCmd::Record(args) => record::run(args),
+        BenchCmd::Backends(args) => backends::run(args),
     }
 }
