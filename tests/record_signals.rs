@@ -14,7 +14,8 @@
 //!   log not sealed, `motion replay` checks its prefix (exit 3), no process
 //!   left;
 //! * SIGTERM: the same clean stop as SIGINT, exit status 143;
-//! * the supervisor SIGKILLed: its domains do not outlive it.
+//! * the supervisor SIGKILLed: its domains do not outlive it (their
+//!   parent-death signal kills them at once; the log is left unsealed).
 
 #[path = "record_replay_common.rs"]
 mod common;
@@ -384,7 +385,16 @@ fn domains_do_not_outlive_a_killed_supervisor() {
         pgid,
         &format!("domains {before:?} after the supervisor died"),
     );
-    // What the log store acknowledged is there and replays.
+    // The domains were SIGKILLed by their parent-death signal, so the log
+    // is not sealed (without that signal the monitor would notice the
+    // control channel's hang-up and seal it `stopped`: the exit status here
+    // tells the two apart); what the store acknowledged is there and replays.
     let rep = replay(&echo_guest(), &log, &[]);
-    assert_eq!(rep.code, Some(3), "{}\n{}", rep.text, rep.stderr);
+    assert_eq!(
+        rep.code,
+        Some(3),
+        "an unsealed prefix: {}\n{}",
+        rep.text,
+        rep.stderr
+    );
 }
