@@ -39,9 +39,10 @@ pub fn name(signal: i32) -> &'static str {
     }
 }
 
-/// Watches SIGINT and SIGTERM while it lives; dropping it restores nothing
-/// (the handlers stay, the watching thread ends), so a late signal after the
-/// recording still counts as a stop request and is simply not acted on.
+/// Watches SIGINT and SIGTERM while it lives. Dropping it ends the watching
+/// thread and unregisters the handlers; `signal-hook` leaves its own handler
+/// in place with nothing to run, so from then on (the command is printing
+/// its summary and exiting) these signals do nothing.
 pub struct StopSignals {
     first: Arc<AtomicI32>,
     handle: Handle,
