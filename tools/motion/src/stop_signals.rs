@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::thread::JoinHandle;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -45,6 +45,7 @@ pub fn name(signal: i32) -> &'static str {
 /// its summary and exiting) these signals do nothing.
 pub struct StopSignals {
     first: Arc<AtomicI32>,
+    sealed: Arc<AtomicBool>,
     handle: Handle,
     thread: Option<JoinHandle<()>>,
 }
@@ -56,6 +57,8 @@ impl StopSignals {
         let handle = signals.handle();
         let first = Arc::new(AtomicI32::new(0));
         let seen = Arc::clone(&first);
+        let sealed = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&sealed);
         let thread = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -69,6 +72,15 @@ impl StopSignals {
                              and sealing the log (again to abort)",
                             name(sig)
                         );
+                    } else if done.load(Ordering::SeqCst) {
+                        // Too late to lose anything: the log is complete.
+                        eprintln!(
+                            "\nmotion record: second {}: the log {} is already sealed; exiting",
+                            name(sig),
+                            log.display()
+                        );
+                        let first = seen.load(Ordering::SeqCst);
+                        std::process::exit(i32::from(stopped_status(first)));
                     } else {
                         eprintln!(
                             "\nmotion record: second {}: aborting; {} is not sealed, but every \
@@ -86,9 +98,16 @@ impl StopSignals {
             })?;
         Ok(StopSignals {
             first,
+            sealed,
             handle,
             thread: Some(thread),
         })
+    }
+
+    /// The log is sealed: a second signal from now on exits as the first
+    /// stop would have (128 + its signal), without calling the log aborted.
+    pub fn log_sealed(&self) {
+        self.sealed.store(true, Ordering::SeqCst);
     }
 
     /// The first signal received, if any.

@@ -399,6 +399,9 @@ pub fn record_until(
     };
     let start = Instant::now();
     let result = drive(&mut session, run, setup, input, &args.out, signals);
+    if let (Some(s), Ok((Outcome::Recorded { .. }, ..))) = (signals, &result) {
+        s.log_sealed();
+    }
     let stopped_by = signals.and_then(StopSignals::requested);
     let died = session.died.clone();
     session.shutdown();
