@@ -85,6 +85,10 @@ fn main() -> ExitCode {
             "freeing_memory_in_a_thread_survives_the_sandbox",
             freeing_memory_survives,
         ),
+        (
+            "a_domain_ignores_terminal_signals_until_the_runtime_stops_it",
+            terminal_signals_ignored,
+        ),
     ];
     // Domain processes need seccomp; on a kernel without it the process-mode
     // tests say so and are skipped (threaded ones still run).
@@ -1013,6 +1017,59 @@ fn failure_health_shutdown(registry: &Registry, mode: Mode) {
     assert!(
         rest.iter().any(|e| matches!(e, SupervisorEvent::Exited { domain, outcome: DomainOutcome::Finished, .. } if domain == "d-idle")),
         "{rest:?}"
+    );
+}
+
+/// A terminal's Ctrl-C goes to the whole foreground process group, domain
+/// processes included: they must ignore SIGINT, SIGQUIT and SIGTERM and stop
+/// only when the runtime tells them (`motion record` seals its log first).
+fn terminal_signals_ignored(registry: &Registry) {
+    let graph = SystemGraph {
+        supervisor: Some("host".into()),
+        domains: vec![
+            host(),
+            domain("d-idle", &["idler"], vec![], RestartPolicy::Never),
+        ],
+        channels: vec![],
+    };
+    let (rt, _probe) = start(&graph, registry, Mode::Processes, BTreeMap::new());
+    let mut w = Watch::new(&rt);
+    let started = w.expect(
+        "d-idle started",
+        |e| matches!(e, SupervisorEvent::Started { domain, .. } if domain == "d-idle"),
+    );
+    let SupervisorEvent::Started { pid: Some(pid), .. } = started else {
+        panic!("no pid in {started:?}")
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("SigIgn in /proc/PID/status");
+    for (sig, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGTERM, "SIGTERM"),
+    ] {
+        assert_ne!(
+            ignored & (1 << (sig - 1)),
+            0,
+            "{name} not ignored (SigIgn {ignored:#x})"
+        );
+        let pid = libc::pid_t::try_from(pid).expect("pid fits");
+        // SAFETY: kill takes integers; `pid` is the runtime's unreaped child.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {name}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    rt.ping("d-idle")
+        .expect("the domain survives SIGINT, SIGQUIT and SIGTERM");
+    let events = rt.events();
+    rt.shutdown(LONG).unwrap();
+    let rest: Vec<_> = events.try_iter().collect();
+    assert!(
+        rest.iter().any(|e| matches!(e, SupervisorEvent::Exited { domain, outcome: DomainOutcome::Finished, .. } if domain == "d-idle")),
+        "the runtime stops it cleanly: {rest:?}"
     );
 }
 

@@ -8,7 +8,10 @@
 //!   capability, else /dev/null; fd 2: the runtime's stderr (diagnostics);
 //! * fd 3: the domain's control socket (it serves `Supervisor` on it);
 //! * fd 4..: its channel endpoints, in the order the boot message lists them;
-//! * nothing else: every other descriptor is close-on-exec.
+//! * nothing else: every other descriptor is close-on-exec;
+//! * SIGINT, SIGQUIT and SIGTERM ignored (see [`TERMINAL_SIGNALS`]), and
+//!   SIGKILL as its parent-death signal: the supervisor alone decides when a
+//!   domain stops, and no domain outlives it.
 //!
 //! The first message on fd 3 is the boot message (frame interface id 0):
 //! the domain's name, components, endpoints, grants and resource paths. The
@@ -45,6 +48,22 @@ const FIRST_ENDPOINT_FD: RawFd = 4;
 const RUNTIME_FRAME_ID: u16 = 0;
 /// How long a new domain waits for its boot message.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Signals a domain process ignores from the start (set to `SIG_IGN` before
+/// exec, which exec keeps).
+///
+/// A terminal's `Ctrl-C` (SIGINT) and `Ctrl-\` (SIGQUIT) go to every process of
+/// the foreground process group, and shells (`kill %1`), `timeout` and
+/// service managers send SIGTERM to a whole group too. Domains stay in the
+/// supervisor's group (a group of their own would be a background job: with
+/// `stty tostop` their diagnostics on the terminal would stop them with
+/// SIGTTOU, and job control would no longer suspend the session as one), so
+/// they ignore these signals instead: the supervisor receives them, decides
+/// (`motion record` seals the log and then stops the domains over their
+/// control channels), and if it dies, `PR_SET_PDEATHSIG` ends the domains.
+/// Ignoring happens before exec and the seccomp filter, so it holds whatever
+/// the domain's own code or filter allow; SIGKILL still ends a domain.
+pub(crate) const TERMINAL_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM];
 
 /// Everything a domain process is told at start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +137,9 @@ pub(crate) fn spawn(
     } else {
         Stdio::null()
     };
+    // The pid the child must see as its parent once its parent-death signal
+    // is armed (see `place_descriptors`).
+    let parent = std::process::id();
     let mut cmd = Command::new(exe);
     cmd.arg(DOMAIN_ARG)
         .arg(&domain)
@@ -125,10 +147,15 @@ pub(crate) fn spawn(
         .stdout(stdout)
         .stderr(Stdio::inherit());
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (fcntl, dup2, close_range, prctl) on a
-    // vector allocated before the fork; it allocates nothing.
+    // async-signal-safe system calls (fcntl, dup2, close_range, prctl,
+    // getppid, sigaction) on a vector allocated before the fork; it
+    // allocates nothing.
     unsafe {
-        cmd.pre_exec(move || place_descriptors(&mut moves));
+        cmd.pre_exec(move || {
+            place_descriptors(&mut moves)?;
+            die_with_parent(parent)?;
+            ignore_terminal_signals()
+        });
     }
     let child = cmd
         .spawn()
@@ -152,8 +179,8 @@ fn seqpacket_fd(ep: &Endpoint) -> Result<RawFd, RuntimeError> {
     }
 }
 
-/// In the forked child: put each descriptor at its target number, mark every
-/// other descriptor close-on-exec, and die with the runtime.
+/// In the forked child: put each descriptor at its target number and mark
+/// every other descriptor close-on-exec.
 fn place_descriptors(moves: &mut [(RawFd, RawFd)]) -> io::Result<()> {
     let top = CONTROL_FD + RawFd::try_from(moves.len()).unwrap_or(RawFd::MAX - CONTROL_FD);
     // First lift every source above the target range, so no dup2 below
@@ -184,9 +211,44 @@ fn place_descriptors(moves: &mut [(RawFd, RawFd)]) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// In the forked child: be killed (SIGKILL) when the runtime dies. The signal
+/// comes when the thread that forked this child ends — a watcher thread that
+/// waits for the child, so in practice when the runtime's process dies.
+/// If the runtime already died between the fork and the `prctl` (the child
+/// was adopted by another process), no signal would ever come: fail the
+/// spawn instead of running an orphan.
+fn die_with_parent(parent: u32) -> io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid takes no arguments and cannot fail.
+    let now = unsafe { libc::getppid() };
+    if u32::try_from(now).ok() != Some(parent) {
+        return Err(io::Error::other(
+            "the runtime died while starting the domain",
+        ));
+    }
+    Ok(())
+}
+
+/// In the forked child: ignore [`TERMINAL_SIGNALS`] (why: see there).
+fn ignore_terminal_signals() -> io::Result<()> {
+    for sig in TERMINAL_SIGNALS {
+        // SAFETY: sigaction with a zeroed action whose handler is SIG_IGN;
+        // both structures live on this stack frame.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_IGN;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }

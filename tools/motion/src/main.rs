@@ -6,6 +6,7 @@
 
 mod cmd;
 mod components;
+mod stop_signals;
 
 use std::process::ExitCode;
 

@@ -19,6 +19,7 @@ use motion_runtime::{DomainOutcome, Runtime, RuntimeConfig, SupervisorEvent, Sys
 use vm_control_api::{Outcome, RecordSetup, Reply, Request, SessionState, Status, VmControl};
 
 use crate::cmd::run::{Backend, CounterModeArg};
+use crate::stop_signals::{self, StopSignals};
 use motion_records::{CounterMode, MachineInfo, counter_mode_name};
 
 /// The repository's `system.toml`, built in: the graph every session starts.
@@ -317,6 +318,8 @@ pub struct Recorded {
     pub output: Vec<u8>,
     /// Why a domain died, if one did.
     pub died: Option<String>,
+    /// The signal that asked this recording to stop, if one did.
+    pub stopped_by: Option<i32>,
 }
 
 /// Options of [`record`] beyond the CLI's.
@@ -332,6 +335,15 @@ pub struct RecordRun<'a> {
 /// Record per `args`; the log is sealed when this returns `Ok` with
 /// [`Outcome::Recorded`].
 pub fn record(run: &RecordRun<'_>) -> anyhow::Result<Recorded> {
+    record_until(run, None)
+}
+
+/// [`record`], asking the monitor to stop (as `--timeout` does) once
+/// `signals` has seen SIGINT or SIGTERM.
+pub fn record_until(
+    run: &RecordRun<'_>,
+    signals: Option<&StopSignals>,
+) -> anyhow::Result<Recorded> {
     let args = run.args;
     if args.backend == Backend::Kvm && args.counter_mode == Some(CounterModeArg::Exact) {
         bail!(
@@ -386,7 +398,11 @@ pub fn record(run: &RecordRun<'_>) -> anyhow::Result<Recorded> {
         time_limit_ms: args.timeout.map(|s| (s * 1000.0) as u64),
     };
     let start = Instant::now();
-    let result = drive(&mut session, run, setup, input, &args.out);
+    let result = drive(&mut session, run, setup, input, &args.out, signals);
+    if let (Some(s), Ok((Outcome::Recorded { .. }, ..))) = (signals, &result) {
+        s.log_sealed();
+    }
+    let stopped_by = signals.and_then(StopSignals::requested);
     let died = session.died.clone();
     session.shutdown();
     let (outcome, status, output, machine) = match result {
@@ -413,6 +429,7 @@ pub fn record(run: &RecordRun<'_>) -> anyhow::Result<Recorded> {
         elapsed: start.elapsed(),
         output,
         died,
+        stopped_by,
     })
 }
 
@@ -422,7 +439,14 @@ fn drive(
     setup: RecordSetup,
     input: Option<Box<dyn Read + Send>>,
     out: &Path,
+    signals: Option<&StopSignals>,
 ) -> anyhow::Result<(Outcome, Status, Vec<u8>, MachineInfo)> {
+    if let Some(sig) = signals.and_then(StopSignals::requested) {
+        bail!(
+            "{} before the recording started: nothing recorded",
+            stop_signals::name(sig)
+        );
+    }
     let machine = match session.call(&Request::Record(Box::new(setup)))? {
         Reply::Recording(m) => *m,
         other => bail!("unexpected answer {other:?} to Record"),
@@ -457,7 +481,14 @@ fn drive(
     let mut output = Vec::new();
     let mut stdout = std::io::stdout();
     let mut last_durable = 0;
+    let mut stop_sent = false;
     let result = loop {
+        if !stop_sent && signals.and_then(StopSignals::requested).is_some() {
+            // The same stop as `--timeout`: the monitor ends the run at the
+            // guest's next exit and seals the log; keep polling until then.
+            stop_sent = true;
+            session.call(&Request::Stop)?;
+        }
         for chunk in rx.try_iter() {
             let (bytes, end) = match chunk {
                 Some(b) => (b, false),
@@ -550,12 +581,42 @@ pub fn end_text(end: &motion_records::EndStatus) -> String {
     }
 }
 
+/// Where a sealed log's `end` record says the guest stopped, for people.
+fn end_point(log: &Path) -> Option<String> {
+    let reader = log_store::LogReader::open(log).ok()?;
+    let last = reader.record_count().checked_sub(1)?;
+    match reader.record(last).ok()? {
+        motion_records::Record::End(e) => Some(match e.at {
+            Some(t) => format!(
+                "record {last} at rip {:#x} (vCPU {}, {} branches, rcx {:#x})",
+                t.rip, t.vcpu, t.branches, t.rcx
+            ),
+            None => format!("record {last}"),
+        }),
+        _ => None,
+    }
+}
+
 /// Run `motion record`.
+///
+/// Exit status: 0 recorded (the guest ended, or `--timeout` stopped it);
+/// 1 failed; 3 aborted by a second SIGINT/SIGTERM (the log is not sealed;
+/// its acknowledged prefix replays); 130 (SIGINT) or 143 (SIGTERM) when a
+/// signal stopped the recording and the log was sealed.
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let r = record(&RecordRun {
-        args: &args,
-        echo: true,
-        progress: true,
+    let signals =
+        StopSignals::watch(args.out.clone()).context("cannot watch for SIGINT and SIGTERM")?;
+    let r = record_until(
+        &RecordRun {
+            args: &args,
+            echo: true,
+            progress: true,
+        },
+        Some(&signals),
+    )
+    .map_err(|e| match signals.requested() {
+        Some(sig) => e.context(format!("stopping on {}", stop_signals::name(sig))),
+        None => e,
     })?;
     let (ok, end) = match &r.outcome {
         Outcome::Recorded { end } => (true, end_text(end)),
@@ -578,6 +639,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = &r.died {
         eprintln!("motion record: {d}");
     }
+    if let (true, Some(sig)) = (ok, r.stopped_by) {
+        let at = end_point(&args.out).unwrap_or_else(|| "its last record".into());
+        eprintln!(
+            "motion record: stopped by {}: the log is sealed, ending at {at}; \
+             `motion replay {}` replays it to that point",
+            stop_signals::name(sig),
+            args.out.display()
+        );
+    }
     if args.json {
         println!(
             "{}",
@@ -596,12 +666,13 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 "log_bytes": r.log_bytes,
                 "seconds": r.elapsed.as_secs_f64(),
                 "end": end,
+                "stopped_by": r.stopped_by.map(stop_signals::name),
             })
         );
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(match (ok, r.stopped_by) {
+        (true, Some(sig)) => ExitCode::from(stop_signals::stopped_status(sig)),
+        (true, None) => ExitCode::SUCCESS,
+        (false, _) => ExitCode::FAILURE,
     })
 }
