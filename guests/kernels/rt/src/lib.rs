@@ -14,31 +14,18 @@
 
 #![no_std]
 
-pub mod boot;
 pub mod cpu;
-pub mod dec;
 pub mod gdt;
 pub mod interrupts;
-pub mod io;
-pub mod mem;
-pub mod pic;
 pub mod pit;
 pub mod serial;
-pub mod sync;
 pub mod user;
 
-pub use boot::BootInfo;
-pub use dec::Dec;
-
-/// Status for a successful run.
-pub const EXIT_SUCCESS: u8 = 0;
-/// Status written after a panic.
-pub const EXIT_PANIC: u8 = 1;
-/// Status written after an unexpected CPU exception.
-pub const EXIT_EXCEPTION: u8 = 2;
-
-/// The isa-debug-exit port.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+// The ring-independent parts, shared with `urt`.
+pub use rt_common::{
+    BootInfo, DEBUG_EXIT_PORT, Dec, EXIT_EXCEPTION, EXIT_PANIC, EXIT_SUCCESS, boot, dec, io, mem,
+    pic, sync,
+};
 
 /// Print to the serial port.
 #[macro_export]
@@ -89,10 +76,6 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("PANIC: {info}");
     exit(EXIT_PANIC)
 }
-
-/// Never called with panic = "abort", but the precompiled `core` refers to it.
-#[unsafe(no_mangle)]
-pub extern "C" fn rust_eh_personality() {}
 
 // The PVH entry stub: 32-bit protected mode, paging off, EBX = physical
 // address of hvm_start_info. Builds page tables identity-mapping 4 GiB with

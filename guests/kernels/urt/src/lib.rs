@@ -27,44 +27,26 @@
 //!   [`interrupts`]' reporter, which prints it and exits with status 2.
 //!
 //! The guest binaries are the same sources as for `rt` (the `bins-r3`
-//! package imports this crate under the name `rt`). The modules that need no
-//! privilege (PIC, port I/O, boot info, ...) are `rt`'s own files; `serial`
-//! is rt's with fewer exits per byte written.
+//! package imports this crate under the name `rt`). The parts that need no
+//! privilege (PIC, port I/O, boot info, the UART, ...) are the crate
+//! `rt_common`, which `rt` re-exports too; `serial` transmits with fewer
+//! exits per byte written than `rt`'s.
 //!
 //! Exit status convention as `rt`: 0 success, 1 panic, 2 unexpected CPU
 //! exception, other values guest-defined.
 
 #![no_std]
 
-#[path = "../../rt/src/boot.rs"]
-pub mod boot;
 pub mod cpu;
-#[path = "../../rt/src/dec.rs"]
-pub mod dec;
 pub mod interrupts;
-#[path = "../../rt/src/io.rs"]
-pub mod io;
-#[path = "../../rt/src/mem.rs"]
-pub mod mem;
-#[path = "../../rt/src/pic.rs"]
-pub mod pic;
 pub mod serial;
-#[path = "../../rt/src/sync.rs"]
-pub mod sync;
 pub mod user;
 
-pub use boot::BootInfo;
-pub use dec::Dec;
-
-/// Status for a successful run.
-pub const EXIT_SUCCESS: u8 = 0;
-/// Status written after a panic.
-pub const EXIT_PANIC: u8 = 1;
-/// Status written after an unexpected CPU exception.
-pub const EXIT_EXCEPTION: u8 = 2;
-
-/// The isa-debug-exit port.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+// The ring-independent parts, shared with `rt`.
+pub use rt_common::{
+    BootInfo, DEBUG_EXIT_PORT, Dec, EXIT_EXCEPTION, EXIT_PANIC, EXIT_SUCCESS, boot, dec, io, mem,
+    pic, sync,
+};
 
 /// Print to the serial port.
 #[macro_export]
@@ -113,10 +95,6 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("PANIC: {info}");
     exit(EXIT_PANIC)
 }
-
-/// Never called with panic = "abort", but the precompiled `core` refers to it.
-#[unsafe(no_mangle)]
-pub extern "C" fn rust_eh_personality() {}
 
 // The PVH entry stub. Everything here runs in ring 0, which on the nested
 // KVM means in KVM's instruction emulator: plain integer instructions, moves

@@ -1,0 +1,41 @@
+//! The parts of the guest runtimes that do not depend on the privilege level
+//! they run at, shared by `rt` (ring 0) and `urt` (ring 3), which re-export
+//! them under the same paths so the guest sources build against either.
+//!
+//! What stays in the runtimes: the PVH entry stubs, CPU control (CLI/STI/HLT
+//! or their virtual counterparts), interrupt delivery, `exit`, the panic
+//! handler and the `print!`/`println!` macros (they expand to the runtime's
+//! own `serial::_print`, which picks how bytes are transmitted).
+//!
+//! Exit status convention (the value written to port 0xf4; QEMU reports
+//! `(value << 1) | 1`, `motion run` reports the value itself):
+//! 0 success, 1 panic, 2 unexpected CPU exception, other values guest-defined.
+
+#![no_std]
+
+pub mod boot;
+pub mod cpu;
+pub mod dec;
+pub mod interrupts;
+pub mod io;
+pub mod mem;
+pub mod pic;
+pub mod serial;
+pub mod sync;
+
+pub use boot::BootInfo;
+pub use dec::Dec;
+
+/// Status for a successful run.
+pub const EXIT_SUCCESS: u8 = 0;
+/// Status written after a panic.
+pub const EXIT_PANIC: u8 = 1;
+/// Status written after an unexpected CPU exception.
+pub const EXIT_EXCEPTION: u8 = 2;
+
+/// The isa-debug-exit port.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// Never called with panic = "abort", but the precompiled `core` refers to it.
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}
