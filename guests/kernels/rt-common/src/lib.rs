@@ -36,6 +36,39 @@ pub const EXIT_EXCEPTION: u8 = 2;
 /// The isa-debug-exit port.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
+unsafe extern "Rust" {
+    /// The guest's main function, defined by each guest binary.
+    fn guest_main(info: &BootInfo) -> u8;
+}
+
+/// Read the PVH start info at `start_info` and run the guest binary's
+/// `guest_main` with it; returns its exit status. `#[inline]` so that the
+/// runtimes' entry functions compile as when they held this code.
+#[inline]
+pub fn run_guest(start_info: u32) -> u8 {
+    let info = BootInfo::parse(start_info);
+    // SAFETY: `guest_main` is defined by the guest binary with this signature.
+    unsafe { guest_main(&info) }
+}
+
+/// The PVH ELF note (name "Xen", type 18 = XEN_ELFNOTE_PHYS32_ENTRY) naming
+/// `pvh_start` as the 32-bit entry point: an assembler template for the
+/// runtimes' `global_asm!` boot stubs, which define `pvh_start`.
+#[macro_export]
+macro_rules! pvh_note_asm {
+    () => {
+        r#"
+    .section .note.Xen, "a"
+    .p2align 2
+    .long 4
+    .long 4
+    .long 18
+    .asciz "Xen"
+    .long pvh_start
+"#
+    };
+}
+
 /// Never called with panic = "abort", but the precompiled `core` refers to it.
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}

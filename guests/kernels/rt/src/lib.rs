@@ -52,11 +52,6 @@ pub fn exit(status: u8) -> ! {
     }
 }
 
-unsafe extern "Rust" {
-    /// The guest's main function, defined by each guest binary.
-    fn guest_main(info: &BootInfo) -> u8;
-}
-
 /// 64-bit entry from the boot stub, on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn rt_start(start_info: u32) -> ! {
@@ -64,10 +59,7 @@ extern "C" fn rt_start(start_info: u32) -> ! {
     gdt::init();
     interrupts::init();
     pic::init();
-    let info = boot::BootInfo::parse(start_info);
-    // SAFETY: `guest_main` is defined by the guest binary with this signature.
-    let status = unsafe { guest_main(&info) };
-    exit(status)
+    exit(rt_common::run_guest(start_info))
 }
 
 #[panic_handler]
@@ -83,15 +75,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 // OSXMMEXCPT), EFER.LME and paging, loads the GDT and far-returns into the
 // 64-bit code segment.
 core::arch::global_asm!(
+    rt_common::pvh_note_asm!(),
     r#"
-    .section .note.Xen, "a"
-    .p2align 2
-    .long 4
-    .long 4
-    .long 18
-    .asciz "Xen"
-    .long pvh_start
-
     .section .boot.text, "ax"
     .code32
     .global pvh_start

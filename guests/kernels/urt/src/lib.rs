@@ -72,21 +72,13 @@ pub fn exit(status: u8) -> ! {
     }
 }
 
-unsafe extern "Rust" {
-    /// The guest's main function, defined by each guest binary.
-    fn guest_main(info: &BootInfo) -> u8;
-}
-
 /// Ring-3 entry from the boot stub's IRETQ, on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn urt_start(start_info: u32) -> ! {
     serial::init();
     pic::init();
     interrupts::select_irr();
-    let info = boot::BootInfo::parse(start_info);
-    // SAFETY: `guest_main` is defined by the guest binary with this signature.
-    let status = unsafe { guest_main(&info) };
-    exit(status)
+    exit(rt_common::run_guest(start_info))
 }
 
 #[panic_handler]
@@ -110,15 +102,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 // loads GDT/IDT/TR, far-jumps to 64-bit code and leaves ring 0 for good with
 // IRETQ to the user code segment, RFLAGS = 2 (IF = 0, IOPL = 0).
 core::arch::global_asm!(
+    rt_common::pvh_note_asm!(),
     r#"
-    .section .note.Xen, "a"
-    .p2align 2
-    .long 4
-    .long 4
-    .long 18
-    .asciz "Xen"
-    .long pvh_start
-
     .section .boot.text, "ax"
     .code32
     .global pvh_start
