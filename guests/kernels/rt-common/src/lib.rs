@@ -4,8 +4,8 @@
 //!
 //! What stays in the runtimes: the PVH entry stubs, CPU control (CLI/STI/HLT
 //! or their virtual counterparts), interrupt delivery, `exit`, the panic
-//! handler and the `print!`/`println!` macros (they expand to the runtime's
-//! own `serial::_print`, which picks how bytes are transmitted).
+//! handler and `serial::_print`, which the [`print!`]/[`println!`] macros
+//! here call and which picks how bytes are transmitted.
 //!
 //! Exit status convention (the value written to port 0xf4; QEMU reports
 //! `(value << 1) | 1`, `motion run` reports the value itself):
@@ -67,6 +67,24 @@ macro_rules! pvh_note_asm {
     .long pvh_start
 "#
     };
+}
+
+/// Print to the serial port, through the runtime's `serial::_print`.
+///
+/// The runtime is named by the path `::rt`: the guests import theirs under
+/// that name (`bins-r3` imports `urt` as `rt`), and `rt` and `urt` name
+/// themselves so (`extern crate self as rt`). The runtimes re-export this
+/// macro; it lives here so that both expand it alike.
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { ::rt::serial::_print(format_args!($($arg)*)) };
+}
+
+/// Print a line to the serial port (see [`print!`]).
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($arg:tt)*) => { ::rt::serial::_print(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
 /// Never called with panic = "abort", but the precompiled `core` refers to it.

@@ -1,8 +1,8 @@
 //! The 16550 UART at 0x3f8 (COM1), IRQ 4: `rt_common::serial`, waiting for
 //! the transmitter holding register before every byte.
 
-use rt_common::serial::{PerByte, Transmit};
 pub use rt_common::serial::{COM1, IRQ, init, set_rx_interrupt, try_read_byte};
+use rt_common::serial::{PerByte, Transmit};
 
 /// Send one byte, waiting for the transmitter holding register.
 // Small enough to be inlined into the guests, as it was before the

@@ -37,6 +37,10 @@
 
 #![no_std]
 
+// So that `::rt::serial::_print`, which `print!`/`println!` expand to, names
+// this crate here as it does in the guests.
+extern crate self as rt;
+
 pub mod cpu;
 pub mod interrupts;
 pub mod serial;
@@ -45,21 +49,8 @@ pub mod user;
 // The ring-independent parts, shared with `rt`.
 pub use rt_common::{
     BootInfo, DEBUG_EXIT_PORT, Dec, EXIT_EXCEPTION, EXIT_PANIC, EXIT_SUCCESS, boot, dec, io, mem,
-    pic, sync,
+    pic, print, println, sync,
 };
-
-/// Print to the serial port.
-#[macro_export]
-macro_rules! print {
-    ($($arg:tt)*) => { $crate::serial::_print(format_args!($($arg)*)) };
-}
-
-/// Print a line to the serial port.
-#[macro_export]
-macro_rules! println {
-    () => { $crate::print!("\n") };
-    ($($arg:tt)*) => { $crate::serial::_print(format_args!("{}\n", format_args!($($arg)*))) };
-}
 
 /// End the run: write `status` to isa-debug-exit. Without that device the
 /// write does nothing; ring 3 cannot halt, so spin afterwards.

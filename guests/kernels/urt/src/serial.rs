@@ -4,8 +4,8 @@
 //! status only once per transmit FIFO's worth of bytes
 //! ([`rt_common::serial::Fifo`]).
 
-use rt_common::serial::{Fifo, Transmit};
 pub use rt_common::serial::{COM1, IRQ, TX_FIFO, init, set_rx_interrupt, try_read_byte};
+use rt_common::serial::{Fifo, Transmit};
 
 /// Send one byte, waiting for room in the transmit FIFO.
 pub fn write_byte(b: u8) {
