@@ -51,11 +51,14 @@ pub fn run_guest(start_info: u32) -> u8 {
     unsafe { guest_main(&info) }
 }
 
-/// The PVH ELF note (name "Xen", type 18 = XEN_ELFNOTE_PHYS32_ENTRY) naming
-/// `pvh_start` as the 32-bit entry point: an assembler template for the
-/// runtimes' `global_asm!` boot stubs, which define `pvh_start`.
+/// The start of both runtimes' boot stubs, an assembler template for their
+/// `global_asm!`: the PVH ELF note (name "Xen", type 18 =
+/// XEN_ELFNOTE_PHYS32_ENTRY) naming `pvh_start` as the 32-bit entry point,
+/// and `pvh_start` itself up to CLI; CLD. The runtime's template continues
+/// the code (32-bit protected mode, paging off, EBX = physical address of
+/// `hvm_start_info`).
 #[macro_export]
-macro_rules! pvh_note_asm {
+macro_rules! pvh_entry_asm {
     () => {
         r#"
     .section .note.Xen, "a"
@@ -65,7 +68,44 @@ macro_rules! pvh_note_asm {
     .long 18
     .asciz "Xen"
     .long pvh_start
+
+    .section .boot.text, "ax"
+    .code32
+    .global pvh_start
+pvh_start:
+    cli
+    cld
 "#
+    };
+}
+
+/// Boot stub template, 32-bit code: enable PAE + SSE (CR4 |= PAE, OSFXSR,
+/// OSXMMEXCPT), load CR3 with the PML4 symbol `$pml4`, set EFER.LME and turn
+/// on paging (CR0: clear CD, NW, EM; set PG, NE, MP, PE). Integer
+/// instructions and CR/MSR moves only, which the nested KVM's emulator runs
+/// (`urt`'s stub depends on that).
+#[macro_export]
+macro_rules! paging_on_asm {
+    ($pml4:literal) => {
+        concat!(
+            "
+    mov eax, cr4
+    or eax, 0x620
+    mov cr4, eax
+    mov eax, offset ",
+            $pml4,
+            "
+    mov cr3, eax
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 0x100
+    wrmsr
+    mov eax, cr0
+    and eax, 0x9FFFFFFB
+    or eax, 0x80000023
+    mov cr0, eax
+"
+        )
     };
 }
 

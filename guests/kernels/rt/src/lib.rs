@@ -66,14 +66,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 // OSXMMEXCPT), EFER.LME and paging, loads the GDT and far-returns into the
 // 64-bit code segment.
 core::arch::global_asm!(
-    rt_common::pvh_note_asm!(),
+    rt_common::pvh_entry_asm!(),
     r#"
-    .section .boot.text, "ax"
-    .code32
-    .global pvh_start
-pvh_start:
-    cli
-    cld
     mov dword ptr [rt_boot_start_info], ebx
     mov esp, offset rt_boot_stack_top
 
@@ -106,19 +100,9 @@ pvh_start:
     cmp ecx, 2048
     jne 2b
 
-    mov eax, cr4
-    or eax, 0x620
-    mov cr4, eax
-    mov eax, offset rt_pml4
-    mov cr3, eax
-    mov ecx, 0xC0000080
-    rdmsr
-    or eax, 0x100
-    wrmsr
-    mov eax, cr0
-    and eax, 0x9FFFFFFB
-    or eax, 0x80000023
-    mov cr0, eax
+"#,
+    rt_common::paging_on_asm!("rt_pml4"),
+    r#"
     lgdt [rt_gdt_ptr]
     /* ljmp 0x08:rt_long_entry (EA ptr16:32), spelled out as bytes */
     .byte 0xea

@@ -93,14 +93,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 // loads GDT/IDT/TR, far-jumps to 64-bit code and leaves ring 0 for good with
 // IRETQ to the user code segment, RFLAGS = 2 (IF = 0, IOPL = 0).
 core::arch::global_asm!(
-    rt_common::pvh_note_asm!(),
+    rt_common::pvh_entry_asm!(),
     r#"
-    .section .boot.text, "ax"
-    .code32
-    .global pvh_start
-pvh_start:
-    cli
-    cld
     mov dword ptr [urt_boot_start_info], ebx
     mov esp, offset urt_boot_stack_top
 
@@ -139,19 +133,9 @@ pvh_start:
     cmp ecx, 64
     jne 3b
 
-    mov eax, cr4
-    or eax, 0x620
-    mov cr4, eax
-    mov eax, offset urt_pml4
-    mov cr3, eax
-    mov ecx, 0xC0000080
-    rdmsr
-    or eax, 0x100
-    wrmsr
-    mov eax, cr0
-    and eax, 0x9FFFFFFB
-    or eax, 0x80000023
-    mov cr0, eax
+"#,
+    rt_common::paging_on_asm!("urt_pml4"),
+    r#"
     lgdt [urt_gdt_ptr]
     lidt [urt_idt_ptr]
     /* ljmp 0x08:urt_long_entry (EA ptr16:32), spelled out as bytes */
