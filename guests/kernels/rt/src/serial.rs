@@ -5,8 +5,9 @@ pub use rt_common::serial::{COM1, IRQ, init, set_rx_interrupt, try_read_byte};
 use rt_common::serial::{PerByte, Transmit};
 
 /// Send one byte, waiting for the transmitter holding register.
-// Small enough to be inlined into the guests, as it was before the
-// shared crate; `#[inline]` keeps that across the extra call.
+// `#[inline]` here and on `write_str`: the guests' output loops (serial-echo)
+// inline them, as rustc did on its own while the body was in this crate; the
+// call into `rt_common` would otherwise stop that and change their code.
 #[inline]
 pub fn write_byte(b: u8) {
     PerByte::write_byte(b);
