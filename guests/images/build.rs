@@ -43,6 +43,7 @@ fn main() {
         "Cargo.lock",
         ".cargo",
         "rt",
+        "rt-common",
         "bins",
         "urt",
         "bins-r3",

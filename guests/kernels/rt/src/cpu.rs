@@ -1,5 +1,6 @@
 //! Single CPU instructions. CLI/STI/HLT are compiler barriers (no `nomem`):
-//! interrupt handlers change memory across them.
+//! interrupt handlers change memory across them. RDTSC and CPUID are
+//! `rt_common`'s.
 
 /// Disable interrupts.
 pub fn cli() {
@@ -37,16 +38,4 @@ pub fn interrupts_enabled() -> bool {
     flags & 0x200 != 0
 }
 
-/// Read the time-stamp counter.
-pub fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: RDTSC has no memory effect.
-    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (hi as u64) << 32 | lo as u64
-}
-
-/// CPUID leaf/subleaf: (EAX, EBX, ECX, EDX).
-pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    [r.eax, r.ebx, r.ecx, r.edx]
-}
+pub use rt_common::cpu::{cpuid, rdtsc};

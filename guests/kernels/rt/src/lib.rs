@@ -14,44 +14,22 @@
 
 #![no_std]
 
-pub mod boot;
+// So that `::rt::serial::_print`, which `print!`/`println!` expand to, names
+// this crate here as it does in the guests.
+extern crate self as rt;
+
 pub mod cpu;
-pub mod dec;
 pub mod gdt;
 pub mod interrupts;
-pub mod io;
-pub mod mem;
-pub mod pic;
 pub mod pit;
 pub mod serial;
-pub mod sync;
 pub mod user;
 
-pub use boot::BootInfo;
-pub use dec::Dec;
-
-/// Status for a successful run.
-pub const EXIT_SUCCESS: u8 = 0;
-/// Status written after a panic.
-pub const EXIT_PANIC: u8 = 1;
-/// Status written after an unexpected CPU exception.
-pub const EXIT_EXCEPTION: u8 = 2;
-
-/// The isa-debug-exit port.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-
-/// Print to the serial port.
-#[macro_export]
-macro_rules! print {
-    ($($arg:tt)*) => { $crate::serial::_print(format_args!($($arg)*)) };
-}
-
-/// Print a line to the serial port.
-#[macro_export]
-macro_rules! println {
-    () => { $crate::print!("\n") };
-    ($($arg:tt)*) => { $crate::serial::_print(format_args!("{}\n", format_args!($($arg)*))) };
-}
+// The ring-independent parts, shared with `urt`.
+pub use rt_common::{
+    BootInfo, DEBUG_EXIT_PORT, Dec, EXIT_EXCEPTION, EXIT_PANIC, EXIT_SUCCESS, boot, dec, io, mem,
+    pic, print, println, sync,
+};
 
 /// End the run: write `status` to isa-debug-exit. Without that device the
 /// write does nothing, so halt forever with interrupts off afterwards.
@@ -65,11 +43,6 @@ pub fn exit(status: u8) -> ! {
     }
 }
 
-unsafe extern "Rust" {
-    /// The guest's main function, defined by each guest binary.
-    fn guest_main(info: &BootInfo) -> u8;
-}
-
 /// 64-bit entry from the boot stub, on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn rt_start(start_info: u32) -> ! {
@@ -77,10 +50,7 @@ extern "C" fn rt_start(start_info: u32) -> ! {
     gdt::init();
     interrupts::init();
     pic::init();
-    let info = boot::BootInfo::parse(start_info);
-    // SAFETY: `guest_main` is defined by the guest binary with this signature.
-    let status = unsafe { guest_main(&info) };
-    exit(status)
+    exit(rt_common::run_guest(start_info))
 }
 
 #[panic_handler]
@@ -90,31 +60,14 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit(EXIT_PANIC)
 }
 
-/// Never called with panic = "abort", but the precompiled `core` refers to it.
-#[unsafe(no_mangle)]
-pub extern "C" fn rust_eh_personality() {}
-
 // The PVH entry stub: 32-bit protected mode, paging off, EBX = physical
 // address of hvm_start_info. Builds page tables identity-mapping 4 GiB with
 // 2 MiB pages (present, writable, user), enables PAE + SSE (OSFXSR,
 // OSXMMEXCPT), EFER.LME and paging, loads the GDT and far-returns into the
 // 64-bit code segment.
 core::arch::global_asm!(
+    rt_common::pvh_entry_asm!(),
     r#"
-    .section .note.Xen, "a"
-    .p2align 2
-    .long 4
-    .long 4
-    .long 18
-    .asciz "Xen"
-    .long pvh_start
-
-    .section .boot.text, "ax"
-    .code32
-    .global pvh_start
-pvh_start:
-    cli
-    cld
     mov dword ptr [rt_boot_start_info], ebx
     mov esp, offset rt_boot_stack_top
 
@@ -147,19 +100,9 @@ pvh_start:
     cmp ecx, 2048
     jne 2b
 
-    mov eax, cr4
-    or eax, 0x620
-    mov cr4, eax
-    mov eax, offset rt_pml4
-    mov cr3, eax
-    mov ecx, 0xC0000080
-    rdmsr
-    or eax, 0x100
-    wrmsr
-    mov eax, cr0
-    and eax, 0x9FFFFFFB
-    or eax, 0x80000023
-    mov cr0, eax
+"#,
+    rt_common::paging_on_asm!("rt_pml4"),
+    r#"
     lgdt [rt_gdt_ptr]
     /* ljmp 0x08:rt_long_entry (EA ptr16:32), spelled out as bytes */
     .byte 0xea

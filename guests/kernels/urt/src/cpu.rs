@@ -5,7 +5,8 @@
 //! *virtual*: [`cli`]/[`sti`] switch it, and an interrupt "arrives" only when
 //! the runtime polls the PIC: on [`sti`] (as a real STI lets a pending
 //! interrupt in) and while waiting in [`hlt`]/[`sti_hlt`]. Handlers run with
-//! the virtual flag clear, as under an interrupt gate.
+//! the virtual flag clear, as under an interrupt gate. RDTSC and CPUID are
+//! `rt_common`'s.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -55,16 +56,4 @@ pub(crate) fn set_interrupts_enabled(on: bool) {
     IF.store(on, Ordering::SeqCst);
 }
 
-/// Read the time-stamp counter.
-pub fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: RDTSC has no memory effect (CR4.TSD is clear, so ring 3 may use it).
-    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (hi as u64) << 32 | lo as u64
-}
-
-/// CPUID leaf/subleaf: (EAX, EBX, ECX, EDX).
-pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    [r.eax, r.ebx, r.ecx, r.edx]
-}
+pub use rt_common::cpu::{cpuid, rdtsc};

@@ -11,46 +11,13 @@
 //! CPU exceptions come back to ring 3 from the boot stub's exception path
 //! and are reported by [`urt_exception`].
 
+use rt_common::interrupts::EXCEPTION_NAMES;
+
 use crate::io::{inb, outb};
 use crate::pic;
 use crate::sync::Global;
 
-/// The register frame of `rt`'s handlers. Nothing is saved here (a handler
-/// is a plain call); handlers get a zeroed frame whose `vector` is set.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-#[allow(missing_docs)]
-pub struct Frame {
-    pub xmm: [[u64; 2]; 16],
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    /// The vector.
-    pub vector: u64,
-    /// Always 0.
-    pub error_code: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
-
-/// An interrupt handler, as in `rt`. The returned frame is ignored: without
-/// a saved context there is nothing to switch to.
-pub type Handler = fn(*mut Frame) -> *mut Frame;
+pub use rt_common::interrupts::{Frame, Handler};
 
 static HANDLERS: Global<[Option<Handler>; 256]> = Global::new([None; 256]);
 
@@ -184,41 +151,6 @@ pub(crate) fn wait_requested() {
         backoff(&mut spins);
     }
 }
-
-const EXCEPTION_NAMES: [&str; 32] = [
-    "#DE divide error",
-    "#DB debug",
-    "NMI",
-    "#BP breakpoint",
-    "#OF overflow",
-    "#BR bound range",
-    "#UD invalid opcode",
-    "#NM device not available",
-    "#DF double fault",
-    "coprocessor segment overrun",
-    "#TS invalid TSS",
-    "#NP segment not present",
-    "#SS stack fault",
-    "#GP general protection",
-    "#PF page fault",
-    "reserved 15",
-    "#MF x87 error",
-    "#AC alignment check",
-    "#MC machine check",
-    "#XM SIMD error",
-    "#VE virtualization",
-    "#CP control protection",
-    "reserved 22",
-    "reserved 23",
-    "reserved 24",
-    "reserved 25",
-    "reserved 26",
-    "reserved 27",
-    "reserved 28",
-    "reserved 29",
-    "reserved 30",
-    "reserved 31",
-];
 
 /// Where the boot stub's exception path lands, in ring 3 on its own stack:
 /// report the exception and exit with [`crate::EXIT_EXCEPTION`].

@@ -27,57 +27,30 @@
 //!   [`interrupts`]' reporter, which prints it and exits with status 2.
 //!
 //! The guest binaries are the same sources as for `rt` (the `bins-r3`
-//! package imports this crate under the name `rt`). The modules that need no
-//! privilege (PIC, port I/O, boot info, ...) are `rt`'s own files; `serial`
-//! is rt's with fewer exits per byte written.
+//! package imports this crate under the name `rt`). The parts that need no
+//! privilege (PIC, port I/O, boot info, the UART, ...) are the crate
+//! `rt_common`, which `rt` re-exports too; `serial` transmits with fewer
+//! exits per byte written than `rt`'s.
 //!
 //! Exit status convention as `rt`: 0 success, 1 panic, 2 unexpected CPU
 //! exception, other values guest-defined.
 
 #![no_std]
 
-#[path = "../../rt/src/boot.rs"]
-pub mod boot;
+// So that `::rt::serial::_print`, which `print!`/`println!` expand to, names
+// this crate here as it does in the guests.
+extern crate self as rt;
+
 pub mod cpu;
-#[path = "../../rt/src/dec.rs"]
-pub mod dec;
 pub mod interrupts;
-#[path = "../../rt/src/io.rs"]
-pub mod io;
-#[path = "../../rt/src/mem.rs"]
-pub mod mem;
-#[path = "../../rt/src/pic.rs"]
-pub mod pic;
 pub mod serial;
-#[path = "../../rt/src/sync.rs"]
-pub mod sync;
 pub mod user;
 
-pub use boot::BootInfo;
-pub use dec::Dec;
-
-/// Status for a successful run.
-pub const EXIT_SUCCESS: u8 = 0;
-/// Status written after a panic.
-pub const EXIT_PANIC: u8 = 1;
-/// Status written after an unexpected CPU exception.
-pub const EXIT_EXCEPTION: u8 = 2;
-
-/// The isa-debug-exit port.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-
-/// Print to the serial port.
-#[macro_export]
-macro_rules! print {
-    ($($arg:tt)*) => { $crate::serial::_print(format_args!($($arg)*)) };
-}
-
-/// Print a line to the serial port.
-#[macro_export]
-macro_rules! println {
-    () => { $crate::print!("\n") };
-    ($($arg:tt)*) => { $crate::serial::_print(format_args!("{}\n", format_args!($($arg)*))) };
-}
+// The ring-independent parts, shared with `rt`.
+pub use rt_common::{
+    BootInfo, DEBUG_EXIT_PORT, Dec, EXIT_EXCEPTION, EXIT_PANIC, EXIT_SUCCESS, boot, dec, io, mem,
+    pic, print, println, sync,
+};
 
 /// End the run: write `status` to isa-debug-exit. Without that device the
 /// write does nothing; ring 3 cannot halt, so spin afterwards.
@@ -90,21 +63,13 @@ pub fn exit(status: u8) -> ! {
     }
 }
 
-unsafe extern "Rust" {
-    /// The guest's main function, defined by each guest binary.
-    fn guest_main(info: &BootInfo) -> u8;
-}
-
 /// Ring-3 entry from the boot stub's IRETQ, on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn urt_start(start_info: u32) -> ! {
     serial::init();
     pic::init();
     interrupts::select_irr();
-    let info = boot::BootInfo::parse(start_info);
-    // SAFETY: `guest_main` is defined by the guest binary with this signature.
-    let status = unsafe { guest_main(&info) };
-    exit(status)
+    exit(rt_common::run_guest(start_info))
 }
 
 #[panic_handler]
@@ -113,10 +78,6 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("PANIC: {info}");
     exit(EXIT_PANIC)
 }
-
-/// Never called with panic = "abort", but the precompiled `core` refers to it.
-#[unsafe(no_mangle)]
-pub extern "C" fn rust_eh_personality() {}
 
 // The PVH entry stub. Everything here runs in ring 0, which on the nested
 // KVM means in KVM's instruction emulator: plain integer instructions, moves
@@ -132,21 +93,8 @@ pub extern "C" fn rust_eh_personality() {}
 // loads GDT/IDT/TR, far-jumps to 64-bit code and leaves ring 0 for good with
 // IRETQ to the user code segment, RFLAGS = 2 (IF = 0, IOPL = 0).
 core::arch::global_asm!(
+    rt_common::pvh_entry_asm!(),
     r#"
-    .section .note.Xen, "a"
-    .p2align 2
-    .long 4
-    .long 4
-    .long 18
-    .asciz "Xen"
-    .long pvh_start
-
-    .section .boot.text, "ax"
-    .code32
-    .global pvh_start
-pvh_start:
-    cli
-    cld
     mov dword ptr [urt_boot_start_info], ebx
     mov esp, offset urt_boot_stack_top
 
@@ -185,19 +133,9 @@ pvh_start:
     cmp ecx, 64
     jne 3b
 
-    mov eax, cr4
-    or eax, 0x620
-    mov cr4, eax
-    mov eax, offset urt_pml4
-    mov cr3, eax
-    mov ecx, 0xC0000080
-    rdmsr
-    or eax, 0x100
-    wrmsr
-    mov eax, cr0
-    and eax, 0x9FFFFFFB
-    or eax, 0x80000023
-    mov cr0, eax
+"#,
+    rt_common::paging_on_asm!("urt_pml4"),
+    r#"
     lgdt [urt_gdt_ptr]
     lidt [urt_idt_ptr]
     /* ljmp 0x08:urt_long_entry (EA ptr16:32), spelled out as bytes */
