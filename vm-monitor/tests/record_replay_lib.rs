@@ -339,13 +339,8 @@ fn a_stopped_exit_synchronous_recording_ends_at_its_last_tick() {
         exits: None,
         exit_synchronous: true,
     };
-    let (result, records) = record_run(
-        &machine,
-        &mut vcpu,
-        live,
-        RecordOptions::default(),
-        &limits,
-    );
+    let (result, records) =
+        record_run(&machine, &mut vcpu, live, RecordOptions::default(), &limits);
     // `finish` reads the vCPU but does not run it: its exit count is still
     // the one the run stopped at.
     let ticks = vcpu.deterministic_exits().unwrap();

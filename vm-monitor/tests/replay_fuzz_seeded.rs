@@ -25,13 +25,7 @@ fn recording(guest: &str) -> Vec<u8> {
     );
     let mut vcpu = common::soft_vcpu(&machine);
     let live = live(&machine, Box::new(std::io::sink()), None, None);
-    let (_, records) = record_run(
-        &machine,
-        &mut vcpu,
-        live,
-        every(50),
-        &RunLimits::default(),
-    );
+    let (_, records) = record_run(&machine, &mut vcpu, live, every(50), &RunLimits::default());
     let bytes = fuzz_encode(&records);
     assert_eq!(
         fuzz_records(&bytes).len(),
