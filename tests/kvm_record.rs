@@ -23,8 +23,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{
-    Fixtures, Guest, Run, final_digest, read_log, record, replay, replay_output, scale,
-    timing_fingerprint, write_log,
+    Fixtures, Guest, Run, Subject, alter_dma_write, final_digest, flip_port_in, read_log, record,
+    replay, replay_altered, replay_output, scale, subject, timing_fingerprint,
 };
 use motion_records::{CounterMode, Record, Untrapped};
 
@@ -366,80 +366,40 @@ fn a_kvm_recording_stopped_by_its_time_limit_replays_on_both() {
 /// soft alike (`MOTION_KVM_FAULTS=N` corruptions, default 24).
 #[test]
 fn altered_kvm_logs_diverge_at_or_right_after_the_change() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
     if !kvm_ready("altered_kvm_logs_diverge_at_or_right_after_the_change") {
         return;
     }
-    fn corrupt(r: &Record, rng: &mut rand_chacha::ChaCha8Rng) -> Option<(Record, String)> {
+    fn corrupt(r: &Record, rng: &mut ChaCha8Rng) -> Option<(Record, String)> {
         let mut r = r.clone();
         let what = match &mut r {
-            Record::PortIn(p) => {
-                let mask = match p.size {
-                    1 => 0xff,
-                    2 => 0xffff,
-                    _ => u32::MAX,
-                };
-                let flip = rng.random_range(1..=mask);
-                p.value ^= flip;
-                format!("port-in {:#x} value ^= {flip:#x}", p.port)
-            }
-            Record::DmaWrite(d) if !d.bytes.is_empty() => {
-                if rng.random_bool(0.7) {
-                    let k = rng.random_range(0..d.bytes.len());
-                    d.bytes[k] ^= rng.random_range(1..=255u8);
-                    format!("dma-write byte {k}")
-                } else {
-                    let at = d.at.as_mut()?;
-                    at.branches += rng.random_range(1..=8);
-                    "dma-write exit clock".into()
-                }
-            }
+            Record::PortIn(p) => flip_port_in(p, rng),
+            // The exit clock moved by a few exits.
+            Record::DmaWrite(d) => alter_dma_write(d, rng, 8)?,
             _ => return None,
         };
         Some((r, what))
     }
     const WINDOW: u64 = 8;
     let fx = Fixtures::new();
-    let subjects: Vec<(Guest, motion_records::MachineInfo, Vec<Record>, Vec<usize>)> =
-        ["serial-echo-r3", "disk-r3"]
-            .into_iter()
-            .map(|name| {
-                let g = fx.guest(name);
-                let log = fx.path(&format!("{name}-orig.motionlog"));
-                let rec = record(&g, &log, &["--backend", "kvm"]);
-                assert_eq!(rec.code, Some(0), "{name}: {}", rec.stderr);
-                let (machine, records) = read_log(&log);
-                let mut probe = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-                let sites = (0..records.len())
-                    .filter(|&i| corrupt(&records[i], &mut probe).is_some())
-                    .collect();
-                (g, machine, records, sites)
-            })
-            .collect();
+    let subjects: Vec<Subject> = ["serial-echo-r3", "disk-r3"]
+        .into_iter()
+        .map(|name| subject(&fx, name, &["--backend", "kvm"], corrupt))
+        .collect();
     let n = scale("MOTION_KVM_FAULTS", 24);
     let mut failures = Vec::new();
     let mut distances = Vec::new();
     for seed in 0..n as u64 {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let (g, machine, records, sites) = &subjects[seed as usize % subjects.len()];
-        let i = sites[rng.random_range(0..sites.len())];
-        let (bad, what) = corrupt(&records[i], &mut rng).expect("a site");
-        let mut altered = records.clone();
-        altered[i] = bad;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let s = &subjects[seed as usize % subjects.len()];
         let log = fx.path(&format!("fault-{seed}.motionlog"));
-        write_log(&log, machine, &altered);
         let backend = if seed % 4 < 2 { "kvm" } else { "soft" };
-        let rep = replay(g, &log, &["--quiet", "--backend", backend]);
-        match (rep.code, rep.json["divergence_record"].as_u64()) {
-            (Some(2), Some(at)) if at >= i as u64 && at <= i as u64 + WINDOW => {
-                distances.push(at - i as u64)
-            }
-            _ => failures.push(format!(
-                "seed {seed}: {} record {i} ({what}) on {backend}: exit {:?}, {}",
-                g.name, rep.code, rep.json
-            )),
+        let extra = ["--quiet", "--backend", backend];
+        match replay_altered(s, corrupt, &mut rng, &log, &extra, WINDOW) {
+            Ok(distance) => distances.push(distance),
+            Err(e) => failures.push(format!("seed {seed} on {backend}: {e}")),
         }
-        std::fs::remove_file(&log).ok();
     }
     distances.sort_unstable();
     eprintln!(

@@ -1,6 +1,7 @@
 //! Helpers shared by the record/replay end-to-end tests (included with
 //! `#[path]`): running `motion record` / `motion replay`, reading and
-//! rewriting logs through the log-store API, inputs and disk images.
+//! rewriting logs through the log-store API, inputs and disk images, and
+//! replaying copies of a log with one record altered.
 
 #![allow(dead_code)]
 
@@ -9,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 use log_store::{LogReader, LogWriter, WriterConfig};
 use motion_e2e::motion_bin::motion_bin;
-use motion_records::{MachineInfo, Record};
+use motion_records::{DmaWrite, MachineInfo, PortIn, Record};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -213,4 +214,104 @@ pub fn timing_fingerprint(records: &[Record]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// Change one field of a record that replay depends on: the new record and
+/// what was changed, or `None` if the record carries nothing to alter.
+pub type Corrupt = fn(&Record, &mut ChaCha8Rng) -> Option<(Record, String)>;
+
+/// Flip some bits of a port read's value (within its size).
+pub fn flip_port_in(p: &mut PortIn, rng: &mut ChaCha8Rng) -> String {
+    let mask = match p.size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => u32::MAX,
+    };
+    let flip = rng.random_range(1..=mask);
+    p.value ^= flip;
+    format!("port-in {:#x} value ^= {flip:#x}", p.port)
+}
+
+/// Alter a DMA write: one byte of its data (7 in 10) or its timepoint,
+/// moved later by 1 to `max_shift` branches (the exit clock in
+/// exit-synchronous logs). `None` for an empty write or one without a
+/// timepoint when that is picked.
+pub fn alter_dma_write(d: &mut DmaWrite, rng: &mut ChaCha8Rng, max_shift: u64) -> Option<String> {
+    if d.bytes.is_empty() {
+        return None;
+    }
+    if rng.random_bool(0.7) {
+        let k = rng.random_range(0..d.bytes.len());
+        d.bytes[k] ^= rng.random_range(1..=255u8);
+        Some(format!("dma-write byte {k} of {}", d.bytes.len()))
+    } else {
+        let at = d.at.as_mut()?;
+        let shift = rng.random_range(1..=max_shift);
+        at.branches += shift;
+        Some(format!("dma-write timepoint +{shift} branches"))
+    }
+}
+
+/// A recording to make altered copies of.
+pub struct Subject {
+    /// The guest recorded.
+    pub guest: Guest,
+    /// The log's machine description.
+    pub machine: MachineInfo,
+    /// The log's records.
+    pub records: Vec<Record>,
+    /// Indices of records that `corrupt` finds something to alter in.
+    pub sites: Vec<usize>,
+}
+
+/// Record bundled guest `name` (with `extra` `motion record` args) in
+/// `fx`'s directory; the recording must succeed.
+pub fn subject(fx: &Fixtures, name: &'static str, extra: &[&str], corrupt: Corrupt) -> Subject {
+    let guest = fx.guest(name);
+    let log = fx.path(&format!("{name}.motionlog"));
+    let rec = record(&guest, &log, extra);
+    assert_eq!(rec.code, Some(0), "recording {name}: {}", rec.stderr);
+    let (machine, records) = read_log(&log);
+    let mut probe = ChaCha8Rng::seed_from_u64(0);
+    let sites = (0..records.len())
+        .filter(|&i| corrupt(&records[i], &mut probe).is_some())
+        .collect();
+    Subject {
+        guest,
+        machine,
+        records,
+        sites,
+    }
+}
+
+/// Replay (with `extra` `motion replay` args) a copy of `s`'s log in which
+/// one record, picked and altered by `corrupt` with `rng`, is changed —
+/// written as a new, valid log at `log`, so that only replay can tell.
+/// `Ok(distance)` when the replay ends in a divergence reported at the
+/// altered record or within `window` records after it; otherwise `Err`
+/// saying what was altered and how the replay ended.
+pub fn replay_altered(
+    s: &Subject,
+    corrupt: Corrupt,
+    rng: &mut ChaCha8Rng,
+    log: &Path,
+    extra: &[&str],
+    window: u64,
+) -> Result<u64, String> {
+    let i = s.sites[rng.random_range(0..s.sites.len())];
+    let Some((bad, what)) = corrupt(&s.records[i], rng) else {
+        unreachable!("sites carry something to alter")
+    };
+    let mut records = s.records.clone();
+    records[i] = bad;
+    write_log(log, &s.machine, &records);
+    let rep = replay(&s.guest, log, extra);
+    std::fs::remove_file(log).ok();
+    match (rep.code, rep.json["divergence_record"].as_u64()) {
+        (Some(2), Some(at)) if at >= i as u64 && at <= i as u64 + window => Ok(at - i as u64),
+        _ => Err(format!(
+            "{} record {i} ({what}): exit {:?}, {}",
+            s.guest.name, rep.code, rep.json
+        )),
+    }
 }

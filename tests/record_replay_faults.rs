@@ -14,8 +14,10 @@
 #[path = "record_replay_common.rs"]
 mod common;
 
-use common::{Fixtures, Guest, read_log, record, replay, scale, write_log};
-use motion_records::{MachineInfo, Record};
+use common::{
+    Fixtures, Subject, alter_dma_write, flip_port_in, replay, replay_altered, scale, write_log,
+};
+use motion_records::Record;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,16 +29,7 @@ const WINDOW: u64 = 8;
 fn corrupt(r: &Record, rng: &mut ChaCha8Rng) -> Option<(Record, String)> {
     let mut r = r.clone();
     let what = match &mut r {
-        Record::PortIn(p) => {
-            let mask = match p.size {
-                1 => 0xff,
-                2 => 0xffff,
-                _ => u32::MAX,
-            };
-            let flip = rng.random_range(1..=mask);
-            p.value ^= flip;
-            format!("port-in {:#x} value ^= {flip:#x}", p.port)
-        }
+        Record::PortIn(p) => flip_port_in(p, rng),
         Record::Rdtsc(t) => {
             t.value ^= 1 << rng.random_range(0..40);
             "rdtsc value".into()
@@ -72,49 +65,14 @@ fn corrupt(r: &Record, rng: &mut ChaCha8Rng) -> Option<(Record, String)> {
                 "interrupt vector".into()
             }
         },
-        Record::DmaWrite(d) if !d.bytes.is_empty() => {
-            if rng.random_bool(0.7) {
-                let k = rng.random_range(0..d.bytes.len());
-                d.bytes[k] ^= rng.random_range(1..=255u8);
-                format!("dma-write byte {k} of {}", d.bytes.len())
-            } else {
-                let at = d.at.as_mut()?;
-                at.branches += rng.random_range(1..=64);
-                "dma-write timepoint".into()
-            }
-        }
+        Record::DmaWrite(d) => alter_dma_write(d, rng, 64)?,
         _ => return None,
     };
     Some((r, what))
 }
 
-struct Subject {
-    guest: Guest,
-    machine: MachineInfo,
-    records: Vec<Record>,
-    /// Indices of records that carry something to alter.
-    sites: Vec<usize>,
-}
-
 fn subject(fx: &Fixtures, name: &'static str) -> Subject {
-    let guest = fx.guest(name);
-    let log = fx.path(&format!("{name}.motionlog"));
-    let rec = record(&guest, &log, &[]);
-    assert_eq!(rec.code, Some(0), "recording {name}: {}", rec.stderr);
-    let (machine, records) = read_log(&log);
-    let mut probe = ChaCha8Rng::seed_from_u64(0);
-    let sites = records
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| corrupt(r, &mut probe).is_some())
-        .map(|(i, _)| i)
-        .collect();
-    Subject {
-        guest,
-        machine,
-        records,
-        sites,
-    }
+    common::subject(fx, name, &[], corrupt)
 }
 
 #[test]
@@ -135,27 +93,14 @@ fn every_altered_record_is_reported_at_or_right_after_it() {
             0 => &subjects[0],
             k => &subjects[1 + (k as usize % 3)],
         };
-        let i = s.sites[rng.random_range(0..s.sites.len())];
-        let Some((bad, what)) = corrupt(&s.records[i], &mut rng) else {
-            unreachable!("sites carry something to alter")
-        };
-        let mut records = s.records.clone();
-        records[i] = bad;
         let log = fx.path(&format!("fault-{seed}.motionlog"));
-        write_log(&log, &s.machine, &records);
-        let rep = replay(&s.guest, &log, &["--quiet"]);
-        let at = rep.json["divergence_record"].as_u64();
-        match (rep.code, at) {
-            (Some(2), Some(at)) if at >= i as u64 && at <= i as u64 + WINDOW => {
+        match replay_altered(s, corrupt, &mut rng, &log, &["--quiet"], WINDOW) {
+            Ok(distance) => {
                 caught += 1;
-                distances.push(at - i as u64);
+                distances.push(distance);
             }
-            _ => failures.push(format!(
-                "seed {seed}: {} record {i} ({what}): exit {:?}, {}",
-                s.guest.name, rep.code, rep.json
-            )),
+            Err(e) => failures.push(format!("seed {seed}: {e}")),
         }
-        std::fs::remove_file(&log).ok();
     }
     distances.sort_unstable();
     eprintln!(

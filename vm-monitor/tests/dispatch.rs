@@ -3,9 +3,12 @@
 //! the machine produces, and that the completion protocol is followed
 //! (exactly one `complete` per instruction exit, none otherwise).
 
+mod common;
+
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
+
+use common::Shared;
 use std::time::Duration;
 
 use vcpu::{
@@ -13,8 +16,7 @@ use vcpu::{
     Kicker, VcpuError, VmExit,
 };
 use vm_monitor::{
-    Environment, Input, LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits, StopReason,
-    Tap,
+    Environment, Input, LiveEnvironment, Machine, MachineConfig, RunLimits, StopReason, Tap,
 };
 
 /// One scripted step: an exit, optionally changing RFLAGS.IF first.
@@ -186,35 +188,12 @@ fn with_if(mut s: Step, on: bool) -> Step {
     s
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn machine() -> Machine {
-    Machine::new(
-        guest_images::bytes("hello").unwrap(),
-        &MachineConfig::default(),
-    )
-    .unwrap()
+    common::machine("hello")
 }
 
-fn live(m: &Machine, out: &Capture) -> LiveEnvironment {
-    LiveEnvironment::new(
-        m.memory().clone(),
-        LiveConfig {
-            serial_out: Box::new(out.clone()),
-            input: None,
-            disk: None,
-        },
-    )
+fn live(m: &Machine, out: &Shared) -> LiveEnvironment {
+    common::live(m, Box::new(out.clone()), None, None)
 }
 
 fn run(
@@ -258,7 +237,7 @@ fn pic_init(mask: u8) -> Vec<Step> {
 #[test]
 fn serial_cpuid_and_debug_exit() {
     let m = machine();
-    let cap = Capture::default();
+    let cap = Shared::default();
     let mut env = live(&m, &cap);
     let steps = vec![
         exit(
@@ -276,7 +255,7 @@ fn serial_cpuid_and_debug_exit() {
     let (v, out) = run(steps, &mut env, &m);
     assert_eq!(out.stop, StopReason::Exit(3));
     assert_eq!(out.exit_status(), 3);
-    assert_eq!(&*cap.0.lock().unwrap(), b"hi");
+    assert_eq!(cap.bytes(), b"hi");
     let Completion::Cpuid { ebx, .. } = v.completions[0] else {
         panic!("{:?}", v.completions[0])
     };
@@ -288,7 +267,7 @@ fn serial_cpuid_and_debug_exit() {
 #[test]
 fn timer_interrupt_wakes_a_halted_guest() {
     let m = machine();
-    let cap = Capture::default();
+    let cap = Shared::default();
     let mut env = live(&m, &cap);
     let mut steps = pic_init(0xfe);
     // PIT channel 0, rate generator, ~1 kHz.
@@ -305,7 +284,7 @@ fn timer_interrupt_wakes_a_halted_guest() {
 #[test]
 fn pending_interrupt_waits_for_an_interrupt_window() {
     let m = machine();
-    let cap = Capture::default();
+    let cap = Shared::default();
     let mut env = live(&m, &cap);
     let mut steps = pic_init(0xef);
     steps.push(outb(0x3f9, 2)); // THR-empty interrupt: IRQ 4 at once
@@ -330,7 +309,7 @@ fn pending_interrupt_waits_for_an_interrupt_window() {
 #[test]
 fn halts_that_can_never_end_stop_the_machine() {
     let m = machine();
-    let cap = Capture::default();
+    let cap = Shared::default();
     let mut env = live(&m, &cap);
     let (_, out) = run(
         vec![with_if(exit(ExitReason::Hlt, ExitInfo::None), false)],
@@ -356,7 +335,7 @@ fn halts_that_can_never_end_stop_the_machine() {
 #[test]
 fn faults_and_bad_accesses_have_clear_reasons() {
     let m = machine();
-    let cap = Capture::default();
+    let cap = Shared::default();
     let mut env = live(&m, &cap);
     let (_, out) = run(
         vec![exit(ExitReason::TripleFault, ExitInfo::None)],
@@ -406,7 +385,7 @@ fn faults_and_bad_accesses_have_clear_reasons() {
 #[test]
 fn limits_stop_a_guest_that_never_ends() {
     let m = machine();
-    let cap = Capture::default();
+    let cap = Shared::default();
     let mut env = live(&m, &cap);
     let steps = (0..1000)
         .map(|_| exit(ExitReason::ExternalInterrupt, ExitInfo::None))
@@ -430,7 +409,7 @@ fn limits_stop_a_guest_that_never_ends() {
 #[test]
 fn every_input_crosses_the_environment() {
     let m = machine();
-    let cap = Capture::default();
+    let cap = Shared::default();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let mut env = Tap::new(live(&m, &cap), move |i: &Input| {

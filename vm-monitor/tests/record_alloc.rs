@@ -8,9 +8,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use vcpu::Vcpu;
-use vm_monitor::record::{RecordOptions, RecordingEnv};
-use vm_monitor::{Environment, LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits};
+mod common;
+
+use common::every;
+use vm_monitor::record::RecordingEnv;
+use vm_monitor::{Environment, LiveEnvironment, Machine, RunLimits};
 
 struct Counting;
 
@@ -53,44 +55,31 @@ static GLOBAL: Counting = Counting;
 
 /// Allocations on this thread while `machine.run` runs `env`.
 fn run_counted(machine: &Machine, env: &mut dyn Environment) -> u64 {
-    let mut vcpu = vcpu_soft::SoftVcpu::new(machine.memory().clone());
-    let c = vcpu.default_controls();
-    machine.reset_vcpu(&mut vcpu, c).unwrap();
+    let mut vcpu = common::soft_vcpu(machine);
     let before = allocs();
     machine.run(&mut vcpu, env, &RunLimits::default()).unwrap();
     allocs() - before
 }
 
 fn live(machine: &Machine) -> LiveEnvironment {
-    LiveEnvironment::new(
-        machine.memory().clone(),
-        LiveConfig {
-            serial_out: Box::new(std::io::sink()),
-            input: None,
-            disk: None,
-        },
-    )
+    common::live(machine, Box::new(std::io::sink()), None, None)
 }
 
 #[test]
 fn recording_allocates_per_digest_not_per_record() {
-    let elf = guest_images::bytes("entropy").unwrap();
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let machine = common::machine("entropy");
     // Warm up (lazy statics, first-use allocations of the host side).
     run_counted(&machine, &mut live(&machine));
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let machine = common::machine("entropy");
     let baseline = run_counted(&machine, &mut live(&machine));
 
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let machine = common::machine("entropy");
     let mut env = RecordingEnv::new(
         live(&machine),
         Vec::with_capacity(100_000),
         machine.memory().clone(),
         machine.ram_size(),
-        RecordOptions {
-            digest_every: 50,
-            vcpu_index: 0,
-        },
+        every(50),
     );
     let recorded = run_counted(&machine, &mut env);
     let stats = env.stats();

@@ -1,28 +1,15 @@
 //! Record a bundled guest live and replay its records in this process, on
 //! the soft vCPU: same serial output, every check and digest matching.
 
-use std::sync::{Arc, Mutex};
+mod common;
 
+use common::{Shared, every, exit_sync_vcpu, live, record_run, replay_env, replay_run};
 use motion_records::Record;
-use vcpu::{CounterMode, ExitClocked, Vcpu};
-use vcpu_soft::SoftVcpu;
+use vcpu::{CounterMode, Vcpu};
 use vm_monitor::devices::virtio_blk::DiskImage;
-use vm_monitor::record::{RecordOptions, RecordingEnv};
-use vm_monitor::replay::{ReplayEnd, ReplayEnv, ReplayOptions, VecSource};
-use vm_monitor::{InputFeed, LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits};
-
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use vm_monitor::record::RecordOptions;
+use vm_monitor::replay::ReplayEnd;
+use vm_monitor::{LiveEnvironment, RunLimits};
 
 fn record(guest: &str, input: Option<&[u8]>, digest_every: u64) -> (Vec<Record>, Vec<u8>) {
     record_with_disk(guest, input, None, digest_every)
@@ -34,61 +21,36 @@ fn record_with_disk(
     disk: Option<DiskImage>,
     digest_every: u64,
 ) -> (Vec<Record>, Vec<u8>) {
-    let elf = guest_images::bytes(guest).unwrap();
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
-    let mut vcpu = SoftVcpu::new(machine.memory().clone());
-    let controls = vcpu.default_controls();
-    machine.reset_vcpu(&mut vcpu, controls).unwrap();
+    let machine = common::machine(guest);
+    let mut vcpu = common::soft_vcpu(&machine);
     let out = Shared::default();
-    let mut live = LiveEnvironment::new(
-        machine.memory().clone(),
-        LiveConfig {
-            serial_out: Box::new(out.clone()),
-            input: input.map(InputFeed::from_bytes),
-            disk,
-        },
-    );
+    let mut live = live(&machine, Box::new(out.clone()), input, disk);
     live.keep_serial_arrivals();
-    let mut env = RecordingEnv::new(
+    let (result, records) = record_run(
+        &machine,
+        &mut vcpu,
         live,
-        Vec::new(),
-        machine.memory().clone(),
-        machine.ram_size(),
-        RecordOptions {
-            digest_every,
-            vcpu_index: 0,
-        },
+        every(digest_every),
+        &RunLimits::default(),
     );
-    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
-    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
     result.unwrap();
-    let bytes = out.0.lock().unwrap().clone();
-    (records, bytes)
+    (records, out.bytes())
 }
 
 fn replay(guest: &str, records: Vec<Record>, skid: u64) -> (ReplayEnd, Vec<u8>) {
-    let elf = guest_images::bytes(guest).unwrap();
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
-    let mut vcpu = SoftVcpu::new(machine.memory().clone());
+    let machine = common::machine(guest);
+    let mut vcpu = common::soft_vcpu(&machine);
     vcpu.set_host_pmi_skid(skid);
-    let controls = vcpu.default_controls();
-    machine.reset_vcpu(&mut vcpu, controls).unwrap();
     let out = Shared::default();
-    let mut env = ReplayEnv::new(
-        VecSource::new(records),
-        machine.memory().clone(),
-        machine.ram_size(),
-        ReplayOptions {
-            vcpu_index: 0,
-            mode: CounterMode::Exact,
-            margin: skid,
-        },
+    let env = replay_env(
+        &machine,
+        records,
+        CounterMode::Exact,
+        skid,
         Box::new(out.clone()),
     );
-    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
-    let end = env.finish(&vcpu, result).unwrap();
-    let bytes = out.0.lock().unwrap().clone();
-    (end, bytes)
+    let end = replay_run(&machine, &mut vcpu, env, &RunLimits::default());
+    (end, out.bytes())
 }
 
 #[test]
@@ -218,15 +180,6 @@ fn timing_compute() {
     eprintln!("record {tr:?} replay {tp:?} records {}", records.len());
 }
 
-/// The soft vCPU seen as a backend without exact counters (as KVM here):
-/// no retired counts, no host PMU, the exit clock of `ExitClocked`.
-fn exit_sync_vcpu(machine: &Machine) -> ExitClocked<SoftVcpu> {
-    let mut v = ExitClocked::new(SoftVcpu::new(machine.memory().clone()));
-    let c = v.default_controls();
-    machine.reset_vcpu(&mut v, c).unwrap();
-    v
-}
-
 /// Exit-synchronous mode (what the kvm backend records in here): inputs
 /// are delivered only right after instruction exits and timed by the exit
 /// count; replay delivers them at the same count, without landing. A disk
@@ -243,63 +196,44 @@ fn exit_synchronous_recordings_replay_exactly() {
         ("entropy", None, false),
         ("disk", None, true),
     ] {
-        let elf = guest_images::bytes(guest).unwrap();
-        let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+        let machine = common::machine(guest);
         let mut vcpu = exit_sync_vcpu(&machine);
         assert_eq!(CounterMode::of(&vcpu), Some(CounterMode::ExitSynchronous));
         let out = Shared::default();
-        let live = LiveEnvironment::new(
-            machine.memory().clone(),
-            LiveConfig {
-                serial_out: Box::new(out.clone()),
-                input: input.map(InputFeed::from_bytes),
-                disk: disk.then(|| DiskImage::zeroed(64)),
-            },
-        );
-        let mut env = RecordingEnv::new(
-            live,
-            Vec::new(),
-            machine.memory().clone(),
-            machine.ram_size(),
-            RecordOptions {
-                digest_every: 20,
-                vcpu_index: 0,
-            },
+        let live = live(
+            &machine,
+            Box::new(out.clone()),
+            input,
+            disk.then(|| DiskImage::zeroed(64)),
         );
         let limits = RunLimits {
             exit_synchronous: true,
             ..RunLimits::default()
         };
-        let result = machine.run(&mut vcpu, &mut env, &limits);
-        let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+        let (result, records) = record_run(&machine, &mut vcpu, live, every(20), &limits);
         result.unwrap();
-        let recorded = out.0.lock().unwrap().clone();
+        let recorded = out.bytes();
         if disk {
             let text = String::from_utf8_lossy(&recorded);
             assert!(text.contains("8 requests completed by interrupt"), "{text}");
         }
 
-        let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+        let machine = common::machine(guest);
         let mut vcpu = exit_sync_vcpu(&machine);
         let replayed = Shared::default();
-        let mut env = ReplayEnv::new(
-            VecSource::new(records),
-            machine.memory().clone(),
-            machine.ram_size(),
-            ReplayOptions {
-                vcpu_index: 0,
-                mode: CounterMode::ExitSynchronous,
-                margin: 0,
-            },
+        let env = replay_env(
+            &machine,
+            records,
+            CounterMode::ExitSynchronous,
+            0,
             Box::new(replayed.clone()),
         );
-        let result = machine.run(&mut vcpu, &mut env, &limits);
-        let end = env.finish(&vcpu, result).unwrap();
+        let end = replay_run(&machine, &mut vcpu, env, &limits);
         assert!(
             matches!(end, ReplayEnd::Verified { .. }),
             "{guest}: {end:?}"
         );
-        assert_eq!(*replayed.0.lock().unwrap(), recorded, "{guest}");
+        assert_eq!(replayed.bytes(), recorded, "{guest}");
     }
 }
 
@@ -364,31 +298,19 @@ impl vm_monitor::record::Recordable for BigDma {}
 
 #[test]
 fn large_dma_transfers_are_split_and_replay() {
-    let elf = guest_images::bytes("hello").unwrap();
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
-    let mut vcpu = SoftVcpu::new(machine.memory().clone());
-    let c = vcpu.default_controls();
-    machine.reset_vcpu(&mut vcpu, c).unwrap();
-    let live = LiveEnvironment::new(
-        machine.memory().clone(),
-        LiveConfig {
-            serial_out: Box::new(std::io::sink()),
-            input: None,
-            disk: None,
-        },
-    );
-    let mut env = RecordingEnv::new(
-        BigDma {
-            inner: live,
-            sent: false,
-        },
-        Vec::new(),
-        machine.memory().clone(),
-        machine.ram_size(),
+    let machine = common::machine("hello");
+    let mut vcpu = common::soft_vcpu(&machine);
+    let big = BigDma {
+        inner: live(&machine, Box::new(std::io::sink()), None, None),
+        sent: false,
+    };
+    let (_, records) = record_run(
+        &machine,
+        &mut vcpu,
+        big,
         RecordOptions::default(),
+        &RunLimits::default(),
     );
-    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
-    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
     let dma: Vec<usize> = records
         .iter()
         .filter_map(|r| match r {
@@ -409,32 +331,19 @@ fn large_dma_transfers_are_split_and_replay() {
 /// replay verifies up to there and stops the same way.
 #[test]
 fn a_stopped_exit_synchronous_recording_ends_at_its_last_tick() {
-    let elf = guest_images::bytes("timer").unwrap();
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let machine = common::machine("timer");
     let mut vcpu = exit_sync_vcpu(&machine);
-    let live = LiveEnvironment::new(
-        machine.memory().clone(),
-        LiveConfig {
-            serial_out: Box::new(std::io::sink()),
-            input: None,
-            disk: None,
-        },
-    );
-    let mut env = RecordingEnv::new(
-        live,
-        Vec::new(),
-        machine.memory().clone(),
-        machine.ram_size(),
-        RecordOptions::default(),
-    );
+    let live = live(&machine, Box::new(std::io::sink()), None, None);
     let limits = RunLimits {
         wall: Some(std::time::Duration::from_millis(300)),
         exits: None,
         exit_synchronous: true,
     };
-    let result = machine.run(&mut vcpu, &mut env, &limits);
+    let (result, records) =
+        record_run(&machine, &mut vcpu, live, RecordOptions::default(), &limits);
+    // `finish` reads the vCPU but does not run it: its exit count is still
+    // the one the run stopped at.
     let ticks = vcpu.deterministic_exits().unwrap();
-    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
     assert!(
         matches!(result.unwrap().stop, vm_monitor::StopReason::TimeLimit(_)),
         "the spinning guest cannot finish without its ticks"
@@ -450,25 +359,20 @@ fn a_stopped_exit_synchronous_recording_ends_at_its_last_tick() {
         "the guest ran on from the tick (or this test shows nothing)"
     );
 
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let machine = common::machine("timer");
     let mut vcpu = exit_sync_vcpu(&machine);
-    let mut env = ReplayEnv::new(
-        VecSource::new(records),
-        machine.memory().clone(),
-        machine.ram_size(),
-        ReplayOptions {
-            vcpu_index: 0,
-            mode: CounterMode::ExitSynchronous,
-            margin: 0,
-        },
+    let env = replay_env(
+        &machine,
+        records,
+        CounterMode::ExitSynchronous,
+        0,
         Box::new(std::io::sink()),
     );
     let limits = RunLimits {
         exit_synchronous: true,
         ..RunLimits::default()
     };
-    let result = machine.run(&mut vcpu, &mut env, &limits);
-    let end = env.finish(&vcpu, result).unwrap();
+    let end = replay_run(&machine, &mut vcpu, env, &limits);
     assert_eq!(
         end,
         ReplayEnd::Verified {

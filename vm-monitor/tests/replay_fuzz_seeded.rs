@@ -5,46 +5,27 @@
 //! or an error — never a panic or a hang — and the unaltered recordings
 //! must verify (so the harness itself replays correctly).
 
+mod common;
+
+use common::{every, live, record_run};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vcpu::Vcpu;
-use vm_monitor::record::{RecordOptions, RecordingEnv};
 use vm_monitor::replay::{ReplayEnd, fuzz_encode, fuzz_records, fuzz_replay};
-use vm_monitor::{LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits};
+use vm_monitor::{MachineConfig, RunLimits};
 
+/// A recording of `guest` on the machine `fuzz_replay` replays on (4 MiB
+/// of RAM), encoded as fuzz input.
 fn recording(guest: &str) -> Vec<u8> {
-    let elf = guest_images::bytes(guest).unwrap();
-    let machine = Machine::new(
-        elf,
+    let machine = common::machine_with(
+        guest,
         &MachineConfig {
             ram: 4 << 20,
             ..MachineConfig::default()
         },
-    )
-    .unwrap();
-    let mut vcpu = vcpu_soft::SoftVcpu::new(machine.memory().clone());
-    let c = vcpu.default_controls();
-    machine.reset_vcpu(&mut vcpu, c).unwrap();
-    let live = LiveEnvironment::new(
-        machine.memory().clone(),
-        LiveConfig {
-            serial_out: Box::new(std::io::sink()),
-            input: None,
-            disk: None,
-        },
     );
-    let mut env = RecordingEnv::new(
-        live,
-        Vec::new(),
-        machine.memory().clone(),
-        machine.ram_size(),
-        RecordOptions {
-            digest_every: 50,
-            vcpu_index: 0,
-        },
-    );
-    let result = machine.run(&mut vcpu, &mut env, &RunLimits::default());
-    let (_, records, _) = env.finish(&vcpu, &result).unwrap();
+    let mut vcpu = common::soft_vcpu(&machine);
+    let live = live(&machine, Box::new(std::io::sink()), None, None);
+    let (_, records) = record_run(&machine, &mut vcpu, live, every(50), &RunLimits::default());
     let bytes = fuzz_encode(&records);
     assert_eq!(
         fuzz_records(&bytes).len(),

@@ -10,27 +10,16 @@
 //! Its controls report them as not exiting, which is what the recorder
 //! reads to fill the header's `untrapped` list.
 
-use std::sync::{Arc, Mutex};
+mod common;
 
+use std::sync::Arc;
+
+use common::{Shared, every, live, record_run, replay_env, replay_run};
 use motion_records::{Record, Untrapped};
 use vcpu::{Completion, CounterMode, ExecControls, ExitClocked, ExitReason, Vcpu};
 use vcpu_soft::SoftVcpu;
-use vm_monitor::record::{RecordOptions, RecordingEnv};
-use vm_monitor::replay::{ReplayEnd, ReplayEnv, ReplayOptions, VecSource};
-use vm_monitor::{InputFeed, LiveConfig, LiveEnvironment, Machine, MachineConfig, RunLimits};
-
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use vm_monitor::replay::ReplayEnd;
+use vm_monitor::{Machine, RunLimits};
 
 /// The soft vCPU as KVM runs a guest: RDTSC, RDTSCP, RDRAND and RDSEED
 /// execute with host values and never reach the monitor.
@@ -163,34 +152,14 @@ const LIMITS: RunLimits = RunLimits {
 /// Record `guest` on the KVM-like vCPU: the header's untrapped list (as the
 /// monitor component fills it) and the records.
 fn record(guest: &str, input: Option<&[u8]>) -> (Vec<Untrapped>, Vec<Record>, Vec<u8>) {
-    let elf = guest_images::bytes(guest).unwrap();
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let machine = common::machine(guest);
     let mut v = vcpu(&machine, true);
     let untrapped = Untrapped::of_controls(v.controls());
     let out = Shared::default();
-    let live = LiveEnvironment::new(
-        machine.memory().clone(),
-        LiveConfig {
-            serial_out: Box::new(out.clone()),
-            input: input.map(InputFeed::from_bytes),
-            disk: None,
-        },
-    );
-    let mut env = RecordingEnv::new(
-        live,
-        Vec::new(),
-        machine.memory().clone(),
-        machine.ram_size(),
-        RecordOptions {
-            digest_every: 50,
-            vcpu_index: 0,
-        },
-    );
-    let result = machine.run(&mut *v, &mut env, &LIMITS);
-    let (_, records, _) = env.finish(&*v, &result).unwrap();
+    let live = live(&machine, Box::new(out.clone()), input, None);
+    let (result, records) = record_run(&machine, &mut *v, live, every(50), &LIMITS);
     result.unwrap();
-    let bytes = out.0.lock().unwrap().clone();
-    (untrapped, records, bytes)
+    (untrapped, records, out.bytes())
 }
 
 fn replay(
@@ -199,23 +168,17 @@ fn replay(
     records: Vec<Record>,
     untrapping: bool,
 ) -> ReplayEnd {
-    let elf = guest_images::bytes(guest).unwrap();
-    let machine = Machine::new(elf, &MachineConfig::default()).unwrap();
+    let machine = common::machine(guest);
     let mut v = vcpu(&machine, untrapping);
-    let mut env = ReplayEnv::new(
-        VecSource::new(records),
-        machine.memory().clone(),
-        machine.ram_size(),
-        ReplayOptions {
-            vcpu_index: 0,
-            mode: CounterMode::ExitSynchronous,
-            margin: 0,
-        },
+    let env = replay_env(
+        &machine,
+        records,
+        CounterMode::ExitSynchronous,
+        0,
         Box::new(std::io::sink()),
     )
     .with_untrapped("kvm", untrapped.to_vec());
-    let result = machine.run(&mut *v, &mut env, &LIMITS);
-    env.finish(&*v, result).unwrap()
+    replay_run(&machine, &mut *v, env, &LIMITS)
 }
 
 /// `entropy` reads the TSC, RDRAND and RDSEED. Recorded where they are not

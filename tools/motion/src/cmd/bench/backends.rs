@@ -196,20 +196,16 @@ fn summary(c: &Cell) -> Result<Sample, String> {
     let v = c.as_ref().map_err(Clone::clone)?;
     let m = |f: &dyn Fn(&Sample) -> f64| median(v.iter().map(f).collect());
     let first = v.first().ok_or("no run")?;
+    // A count's median, if the runs measured it (all or none of them do).
+    let count = |get: fn(&Sample) -> Option<u64>| {
+        get(first).map(|_| m(&|s| get(s).unwrap_or(0) as f64) as u64)
+    };
     Ok(Sample {
         wall: m(&|s| s.wall),
-        exits: first
-            .exits
-            .map(|_| m(&|s| s.exits.unwrap_or(0) as f64) as u64),
-        instructions: first
-            .instructions
-            .map(|_| m(&|s| s.instructions.unwrap_or(0) as f64) as u64),
-        log_bytes: first
-            .log_bytes
-            .map(|_| m(&|s| s.log_bytes.unwrap_or(0) as f64) as u64),
-        records: first
-            .records
-            .map(|_| m(&|s| s.records.unwrap_or(0) as f64) as u64),
+        exits: count(|s| s.exits),
+        instructions: count(|s| s.instructions),
+        log_bytes: count(|s| s.log_bytes),
+        records: count(|s| s.records),
     })
 }
 
