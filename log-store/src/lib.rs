@@ -7,7 +7,7 @@
 //! [`LogWriter::recover`] cuts without losing an acknowledged record; and
 //! every byte is covered by a CRC32C or the BLAKE3 chain, so [`verify`] names
 //! the first altered region and its offset. The layout is in
-//! docs/log-format.md and [`format`].
+//! docs/log-format.md and [`format`](mod@format).
 //!
 //! The API is transport-independent: the log-store component's server loop
 //! drives the same writer and reader over IPC.

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! * [`machine`]: guest RAM, the PVH loader's entry state, the exit loop.
-//! * [`env`]: [`env::Environment`], the one interface every
+//! * [`env`](mod@env): [`env::Environment`], the one interface every
 //!   non-deterministic input crosses (what a recorder wraps, what a replayer
 //!   implements).
 //! * [`live`]: the live environment (devices on the host clock).

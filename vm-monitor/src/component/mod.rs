@@ -4,11 +4,11 @@
 //!
 //! Threads of a session:
 //!
-//! * **vCPU thread**: the machine loop with the [`RecordingEnv`] or
-//!   [`ReplayEnv`]. Recording only queues records (a bounded channel of
-//!   ready-made [`Record`]s) and never waits for the store.
+//! * **vCPU thread**: the machine loop with the [`RecordingEnv`](crate::record::RecordingEnv) or
+//!   [`ReplayEnv`](crate::replay::ReplayEnv). Recording only queues records (a bounded channel of
+//!   ready-made [`Record`](motion_records::Record)s) and never waits for the store.
 //! * **log thread** (recording): encodes records, batches them through
-//!   [`Appender`] (pipelined, acknowledged), flushes a partial batch after a
+//!   [`Appender`](log_append_api::Appender) (pipelined, acknowledged), flushes a partial batch after a
 //!   few quiet milliseconds, seals the log at the end. A record counts as
 //!   acknowledged only once the store says it is durable.
 //! * **serving threads**: one per `VmControl` channel; requests only touch

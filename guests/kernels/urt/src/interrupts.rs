@@ -9,7 +9,7 @@
 //! then runs as a plain call and sends its EOI itself, as under `rt`.
 //!
 //! CPU exceptions come back to ring 3 from the boot stub's exception path
-//! and are reported by [`urt_exception`].
+//! and are reported by `urt_exception`.
 
 use rt_common::interrupts::EXCEPTION_NAMES;
 
