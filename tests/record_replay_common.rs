@@ -44,20 +44,9 @@ impl Fixtures {
     /// A fresh directory with a disk image and a serial input file.
     pub fn new() -> Fixtures {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let disk: Vec<u8> = (0..256 * 512).map(|_| rng.random()).collect();
+        let disk = guest_images::samples::disk_image();
         std::fs::write(dir.path().join("disk.img"), disk).expect("disk image");
-        // Lines of varying length, more than the UART's 16-byte burst: the
-        // rest arrives paced at line rate while the guest is busy echoing.
-        let mut input = String::new();
-        for i in 0..24 {
-            let n = rng.random_range(4..48);
-            let line: String = (0..n)
-                .map(|_| (b'a' + rng.random_range(0..26u8)) as char)
-                .collect();
-            input += &format!("{i} {line}\n");
-        }
-        input += "quit\n";
+        let input = guest_images::samples::serial_input();
         std::fs::write(dir.path().join("input.txt"), input).expect("input");
         Fixtures { dir }
     }

@@ -12,7 +12,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The guest binaries, in the order `NAMES` lists them.
+/// The guest binaries: the one list (the crate's `NAMES` is generated from it).
 const GUESTS: &[&str] = &[
     "hello",
     "timer",
@@ -93,6 +93,7 @@ fn main() {
         out.join("guests.rs"),
         format!(
             "/// (name, ELF bytes) of every guest.\npub static IMAGES: &[(&str, &[u8])] = &[\n{table}];\n\
+             /// The guests' names, in build order.\npub const NAMES: &[&str] = &{GUESTS:?};\n\
              /// Where the ELF files were written.\npub const DIR: &str = {:?};\n",
             dest.display().to_string()
         ),

@@ -7,6 +7,8 @@
 //! assert!(guest_images::path("hello").unwrap().exists());
 //! ```
 
+pub mod samples;
+
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
@@ -16,20 +18,7 @@ mod generated {
 /// entropy-r3 (the same sources built against the user-mode runtime `urt`, so that they
 /// also run where KVM emulates ring-0 code; see guests/README.md), and
 /// faults-r3, which tests that runtime's exception path.
-pub const NAMES: &[&str] = &[
-    "hello",
-    "timer",
-    "disk",
-    "entropy",
-    "compute",
-    "serial-echo",
-    "hello-r3",
-    "disk-r3",
-    "serial-echo-r3",
-    "compute-r3",
-    "entropy-r3",
-    "faults-r3",
-];
+pub const NAMES: &[&str] = generated::NAMES;
 
 /// The ELF image of guest `name`, if there is such a guest.
 pub fn bytes(name: &str) -> Option<&'static [u8]> {

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use vm_control_api::Outcome;
 use vm_monitor::devices::virtio_blk::DiskImage;
@@ -66,18 +65,9 @@ struct Fixtures {
 impl Fixtures {
     fn new() -> anyhow::Result<Fixtures> {
         let dir = tempfile::tempdir().context("a temporary directory")?;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let disk: Vec<u8> = (0..256 * 512).map(|_| rng.random()).collect();
+        let disk = guest_images::samples::disk_image();
         std::fs::write(dir.path().join("disk.img"), disk).context("writing the disk image")?;
-        let mut input = String::new();
-        for i in 0..24 {
-            let n = rng.random_range(4..48);
-            let line: String = (0..n)
-                .map(|_| (b'a' + rng.random_range(0..26u8)) as char)
-                .collect();
-            input += &format!("{i} {line}\n");
-        }
-        input += "quit\n";
+        let input = guest_images::samples::serial_input();
         std::fs::write(dir.path().join("input.txt"), &input).context("writing the input")?;
         Ok(Fixtures {
             dir,
